@@ -1,0 +1,55 @@
+"""lab CLI: up | down | status | ssh NODE [CMD...] | apply [SALT ARGS...] | salt [SALT ARGS...]"""
+import argparse
+import json
+import os
+import sys
+
+from . import control, net, paths, saltcfg, spec
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="lab", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p_up = sub.add_parser("up", help="build the image once, start the nodes")
+    p_up.add_argument("--nodes", type=int, default=3, help="container nodes (default 3)")
+    p_up.add_argument("--vms", type=int, default=0, help="VM nodes (own kernel) after them")
+    sub.add_parser("down", help="stop everything, remove namespaces, mounts and disks")
+    sub.add_parser("status", help="what runs, as JSON")
+    p_ssh = sub.add_parser("ssh", help="a shell or command on a node")
+    p_ssh.add_argument("node")
+    p_ssh.add_argument("command", nargs=argparse.REMAINDER)
+    p_apply = sub.add_parser("apply", help="salt-ssh '*' state.apply kvmcluster")
+    p_apply.add_argument("args", nargs=argparse.REMAINDER)
+    p_salt = sub.add_parser("salt", help="salt-ssh with the lab's Saltfile")
+    p_salt.add_argument("args", nargs=argparse.REMAINDER)
+    sub.add_parser("_supervise")
+    a = ap.parse_args(argv)
+
+    if a.cmd == "up":
+        control.up(a.nodes, a.vms)
+    elif a.cmd == "down":
+        control.down()
+    elif a.cmd == "status":
+        print(json.dumps(control.status(), indent=1))
+    elif a.cmd == "_supervise":
+        control.supervise()
+    elif a.cmd == "ssh":
+        st = control.load_state()
+        ips = {n.name: n.ip for n in spec.from_dicts(st.get("spec", []))}
+        if a.node not in ips:
+            sys.exit(f"no node {a.node!r}; nodes: {', '.join(ips) or 'none (lab down)'}")
+        argv = ["ip", "netns", "exec", net.CONTROLLER, "ssh", "-i", str(paths.SSH_KEY),
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no",
+                "-o", "LogLevel=ERROR", f"root@{ips[a.node]}", *a.command]
+        os.execvp(argv[0], argv)
+    elif a.cmd in ("apply", "salt"):
+        args = a.args or []
+        if a.cmd == "apply":
+            args = ["*", "state.apply", "kvmcluster", *args]
+        argv = saltcfg.salt_ssh_argv(*args)
+        os.environ["PATH"] = f"{saltcfg.VENV_BIN}:/usr/sbin:/usr/bin:/sbin:/bin"
+        os.execvp(argv[0], argv)
+
+
+if __name__ == "__main__":
+    main()

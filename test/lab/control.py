@@ -1,0 +1,227 @@
+"""Bringing a lab up and down.
+
+`up` prepares the network and the nodes' disks, then starts a supervisor process that owns
+every long-running lab process (nodes, the package repository server) as its children and
+ends them by PID on `down`. State (PIDs, mounts) is kept in a JSON file so that `down`
+works after a crash of anything, the supervisor included.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from . import image, net, nodes, paths, saltcfg, spec
+from .run import run, say
+
+REPO_PORT = 8080
+STOP_GRACE = 40  # seconds a node gets to shut down cleanly before it is killed
+
+
+def load_state():
+    if paths.STATE_FILE.exists():
+        return json.loads(paths.STATE_FILE.read_text())
+    return {}
+
+
+def save_state(state):
+    paths.HOME.mkdir(parents=True, exist_ok=True)
+    tmp = paths.STATE_FILE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1))
+    tmp.rename(paths.STATE_FILE)
+
+
+def alive(pid):
+    """True if pid runs and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def start_time(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[19])
+    except (FileNotFoundError, IndexError, ValueError):
+        return None
+
+
+def same_process(rec):
+    """A recorded {pid, start} still names the process we started (PIDs get reused)."""
+    return rec and alive(rec["pid"]) and start_time(rec["pid"]) == rec.get("start")
+
+
+def record(pid):
+    return {"pid": pid, "start": start_time(pid)}
+
+
+def wait_port(ip, port, deadline):
+    """Wait for a TCP port from inside the controller namespace."""
+    probe = ("import socket,sys\ns=socket.socket();s.settimeout(2)\n"
+             f"sys.exit(s.connect_ex(('{ip}',{port})))")
+    while time.monotonic() < deadline:
+        res = subprocess.run(["ip", "netns", "exec", net.CONTROLLER, sys.executable, "-c", probe],
+                             check=False)
+        if res.returncode == 0:
+            return True
+        time.sleep(1)
+    return False
+
+
+# ---- up -----------------------------------------------------------------------------
+
+def up(containers=3, vms=0, timeout=None):
+    t0 = time.monotonic()
+    state = load_state()
+    if state and same_process(state.get("supervisor")):
+        say("lab already up; reusing it (`down` first for a new one)")
+        return state
+    if state or net.ours():
+        say("cleaning up a previous lab that was not brought down")
+        down()
+    image.build()
+    image.lab_files(image.rootfs())
+    rack = spec.make(containers, vms)
+    say(f"network: lab bridge {net.BRIDGE} in namespace {net.SWITCH}, subnet {net.SUBNET}")
+    net.create_switch()
+    save_state({"spec": [n.to_dict() for n in rack], "mounts": [], "children": {}})
+    for n in rack:
+        say(f"preparing {n.kind} node {n.name} ({n.ip})")
+        nodes.prepare(n)
+        st = load_state()
+        if n.kind == "container":
+            st["mounts"].append(str(nodes.node_dir(n) / "root"))
+        save_state(st)
+    saltcfg.write(rack)
+    log = open(paths.HOME / "supervisor.log", "ab")
+    sup = subprocess.Popen([sys.executable, "-m", "lab", "_supervise"],
+                           cwd=str(paths.REPO_ROOT / "test"), stdout=log, stderr=log,
+                           stdin=subprocess.DEVNULL, start_new_session=True,
+                           env={**os.environ, "PYTHONPATH": str(paths.REPO_ROOT / "test")})
+    st = load_state()
+    st["supervisor"] = record(sup.pid)
+    save_state(st)
+    budget = timeout or (60 + 240 * bool(vms))
+    deadline = time.monotonic() + budget
+    for n in rack:
+        say(f"waiting for sshd on {n.name} ({n.ip})")
+        if not wait_port(n.ip, 22, deadline):
+            raise RuntimeError(f"{n.name} did not answer on {n.ip}:22 within {budget}s; "
+                               f"see {nodes.node_dir(n)}")
+    say(f"lab up: {len(rack)} nodes in {time.monotonic() - t0:.0f}s")
+    return load_state()
+
+
+def supervise():
+    """Own the lab's processes: start them, wait on them, end them on SIGTERM."""
+    st = load_state()
+    rack = spec.from_dicts(st["spec"])
+    procs = {}
+    repo = subprocess.Popen(
+        ["ip", "netns", "exec", net.CONTROLLER, sys.executable, "-m", "http.server",
+         str(REPO_PORT), "--bind", net.GATEWAY, "--directory", str(image.repo_dir())],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs["repo"] = repo
+    for n in rack:
+        argv, env = nodes.argv_env(n)
+        logf = open(nodes.node_dir(n) / "node.log", "ab")
+        procs[n.name] = subprocess.Popen(argv, env=env, stdout=logf, stderr=logf,
+                                         stdin=subprocess.DEVNULL)
+    st["children"] = {name: record(p.pid) for name, p in procs.items()}
+    save_state(st)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
+    while not stopping:
+        for p in procs.values():
+            p.poll()
+        time.sleep(0.5)
+    # Orderly: nspawn turns SIGTERM into a clean poweroff of the node; qemu just stops.
+    for p in procs.values():
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + STOP_GRACE
+    for p in procs.values():
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=10)
+
+
+# ---- down ---------------------------------------------------------------------------
+
+def _netns_pids():
+    """PIDs of processes living in one of the lab's network namespaces."""
+    inodes = set()
+    for ns in net.ours():
+        try:
+            inodes.add(os.stat(f"/run/netns/{ns}").st_ino)
+        except FileNotFoundError:
+            pass
+    found = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if os.stat(f"/proc/{d}/ns/net").st_ino in inodes:
+                    found.append(int(d))
+            except (FileNotFoundError, PermissionError, ProcessLookupError):
+                pass
+    return found
+
+
+def _lab_mounts():
+    home = str(paths.HOME) + "/"
+    with open("/proc/mounts") as fh:
+        points = [line.split()[1] for line in fh]
+    return [p for p in points if p.startswith(home)]
+
+
+def down():
+    st = load_state()
+    sup = st.get("supervisor")
+    if same_process(sup):
+        say("stopping nodes")
+        os.kill(sup["pid"], signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE + 15
+        while alive(sup["pid"]) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    for rec in st.get("children", {}).values():
+        if same_process(rec):
+            os.kill(rec["pid"], signal.SIGKILL)
+    # Whatever still lives in a lab namespace (a node's init whose nspawn died) goes too.
+    for _ in range(10):
+        pids = [p for p in _netns_pids() if alive(p)]
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.5)
+    for point in sorted(set(st.get("mounts", [])) | set(_lab_mounts()), reverse=True):
+        run(["umount", point], check=False, capture=True)
+        if os.path.ismount(point):
+            run(["umount", "-l", point], check=False, capture=True)
+    net.destroy()
+    for n in spec.from_dicts(st.get("spec", [])):
+        nodes.remove(n)
+    if paths.STATE_FILE.exists():
+        paths.STATE_FILE.unlink()
+    say("lab down")
+
+
+def status():
+    st = load_state()
+    rows = {"up": bool(st) and same_process(st.get("supervisor")), "namespaces": net.ours(),
+            "mounts": _lab_mounts(), "nodes": []}
+    for n in spec.from_dicts(st.get("spec", [])):
+        rec = st.get("children", {}).get(n.name)
+        rows["nodes"].append({"name": n.name, "kind": n.kind, "ip": n.ip,
+                              "running": bool(rec) and same_process(rec)})
+    return rows

@@ -1,0 +1,189 @@
+"""The node image: a debootstrapped Debian bookworm plus a local package repository.
+
+Nodes have no route to the internet, so everything the formula installs on them is
+downloaded once here into a repository the controller serves on the lab bridge. The
+image is keyed by a hash of its recipe and rebuilt only when the recipe changes.
+"""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+
+from . import paths
+from .run import out, run, say
+
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+RECIPE_VERSION = 3
+
+# What every node boots with: a plain Debian server (ifupdown, sshd, python3 for salt-ssh)
+# plus a kernel for VM nodes and systemd-nspawn for container nodes.
+BASE_PACKAGES = [
+    "systemd", "systemd-sysv", "dbus", "udev", "kmod", "procps", "iproute2", "iputils-ping",
+    "ifupdown", "openssh-server", "python3", "systemd-container", "linux-image-amd64",
+    "less", "netbase",
+]
+
+# What the formula (and later components) install on Debian nodes; served by the lab repo.
+REPO_PACKAGES = [
+    "qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients",
+    "python3-libvirt", "virtinst", "ovmf", "nfs-kernel-server", "nfs-common", "bridge-utils",
+    "ifenslave", "network-manager", "netplan.io", "dnsmasq-base", "busybox-static",
+]
+
+
+def recipe_key():
+    blob = json.dumps([RECIPE_VERSION, SUITE, BASE_PACKAGES, REPO_PACKAGES], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def image_dir():
+    return paths.CACHE / f"image-{recipe_key()}"
+
+
+def rootfs():
+    return image_dir() / "rootfs"
+
+
+def repo_dir():
+    return image_dir() / "repo"
+
+
+def ensure_ssh_key():
+    key = paths.SSH_KEY
+    if not key.exists():
+        key.parent.mkdir(parents=True, exist_ok=True)
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kvmcluster-lab", "-f", key])
+    return key
+
+
+@contextmanager
+def _chroot_mounts(root):
+    mounted = []
+    try:
+        for src, dst, kind in (("proc", "proc", "proc"), ("/dev", "dev", "bind"),
+                               ("/dev/pts", "dev/pts", "bind")):
+            target = root / dst
+            target.mkdir(parents=True, exist_ok=True)
+            if kind == "bind":
+                run(["mount", "--bind", src, target])
+            else:
+                run(["mount", "-t", kind, src, target])
+            mounted.append(target)
+        yield
+    finally:
+        for target in reversed(mounted):
+            run(["umount", "-l", target], check=False)
+
+
+def _chroot(root, *argv):
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
+           "LANG": "C.UTF-8", "HOME": "/root"}
+    run(["chroot", root, *argv], env=env)
+
+
+def build(force=False):
+    """Build the image and the repository unless a finished one exists."""
+    done = image_dir() / "done.json"
+    if done.exists() and not force:
+        return image_dir()
+    key = ensure_ssh_key()
+    work = image_dir()
+    if work.exists():
+        shutil.rmtree(work)
+    root = work / "rootfs"
+    root.mkdir(parents=True)
+    say(f"building node image in {work} (debootstrap {SUITE}, a few minutes once)")
+    log = work / "build.log"
+    say(f"debootstrap output: {log}")
+    with open(log, "w") as fh:
+        subprocess.run(["debootstrap", "--variant=minbase", SUITE, str(root), MIRROR],
+                       stdout=fh, stderr=subprocess.STDOUT, check=True)
+    # The kernel's postinst wants a real initramfs tool config and no running kernel checks.
+    (root / "etc/kernel-img.conf").write_text("do_symlinks = yes\nlink_in_boot = yes\n")
+    with _chroot_mounts(root):
+        _chroot(root, "apt-get", "update", "-qq")
+        _chroot(root, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *BASE_PACKAGES)
+        say("downloading the formula's packages into the lab repository")
+        _chroot(root, "apt-get", "install", "-y", "-qq", "--download-only", *REPO_PACKAGES)
+    repo = work / "repo"
+    repo.mkdir()
+    archives = root / "var/cache/apt/archives"
+    for deb in archives.glob("*.deb"):
+        shutil.move(str(deb), repo / deb.name)
+    _index_repo(repo)
+    _configure(root, key)
+    (work / "done.json").write_text(json.dumps({"key": recipe_key(), "repo_debs": len(list(repo.glob("*.deb")))}))
+    say(f"image ready: {len(list(repo.glob('*.deb')))} packages in the lab repository")
+    return work
+
+
+def _index_repo(repo):
+    listing = subprocess.run(["apt-ftparchive", "packages", "."], cwd=repo, check=True,
+                             capture_output=True, text=True).stdout
+    (repo / "Packages").write_text(listing)
+    release = subprocess.run(["apt-ftparchive", "release", "."], cwd=repo, check=True,
+                             capture_output=True, text=True).stdout
+    (repo / "Release").write_text(release)
+
+
+def _configure(root, key):
+    # Nodes reach only the controller's repository; Debian's mirror is not routable there.
+    (root / "etc/apt/sources.list").write_text(
+        "deb [trusted=yes] http://172.30.10.1:8080/ ./\n")
+    for stale in (root / "etc/apt/sources.list.d").glob("*"):
+        stale.unlink()
+    run(["rm", "-rf", str(root / "var/lib/apt/lists"), str(root / "var/cache/apt/archives")])
+    (root / "var/lib/apt/lists/partial").mkdir(parents=True)
+    (root / "var/cache/apt/archives/partial").mkdir(parents=True)
+    # Host keys and machine-id are written per node before its first boot.
+    for hk in (root / "etc/ssh").glob("ssh_host_*"):
+        hk.unlink()
+    (root / "etc/machine-id").write_text("")
+    ssh = root / "root/.ssh"
+    ssh.mkdir(mode=0o700, exist_ok=True)
+    (ssh / "authorized_keys").write_text(Path(str(key) + ".pub").read_text())
+    os.chmod(ssh / "authorized_keys", 0o600)
+    (root / "etc/ssh/sshd_config.d/lab.conf").write_text(
+        "PermitRootLogin prohibit-password\nPasswordAuthentication no\nUseDNS no\n")
+    # A console on a passive nspawn terminal blocks PID 1; containers have none.
+    for unit in ("getty@tty1.service", "console-getty.service"):
+        link = root / "etc/systemd/system" / unit
+        if not link.exists():
+            link.symlink_to("/dev/null")
+    (root / "etc/fstab").write_text("# per node\n")
+    lab_files(root)
+
+
+FIRSTBOOT_UNIT = """[Unit]
+Description=Lab VM node first-boot configuration
+DefaultDependencies=no
+After=local-fs.target
+Before=network-pre.target networking.service ssh.service
+Wants=network-pre.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/lab-firstboot
+RemainAfterExit=yes
+
+[Install]
+WantedBy=sysinit.target
+"""
+
+
+def lab_files(root):
+    """The lab's own files in the image; idempotent and cheap, rewritten at every `up`."""
+    script = root / "usr/local/sbin/lab-firstboot"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text((Path(__file__).parent / "firstboot.sh").read_text())
+    os.chmod(script, 0o755)
+    (root / "etc/systemd/system/lab-firstboot.service").write_text(FIRSTBOOT_UNIT)
+    wants = root / "etc/systemd/system/sysinit.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    link = wants / "lab-firstboot.service"
+    if not link.is_symlink():
+        link.symlink_to("/etc/systemd/system/lab-firstboot.service")

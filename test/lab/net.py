@@ -1,0 +1,74 @@
+"""The lab network: a switch namespace holding the lab bridge, a controller namespace,
+and one namespace per container node. No namespace gets a route off the lab subnet."""
+from pathlib import Path
+
+from .run import run
+
+PREFIX = "kvl-"
+SWITCH = PREFIX + "sw"
+CONTROLLER = PREFIX + "ctl"
+BRIDGE = "labbr"
+SUBNET = "172.30.10.0/24"
+PREFIXLEN = 24
+GATEWAY = "172.30.10.1"
+MGMT_IP = "172.30.10.11"  # the management node: runs salt-ssh, serves the package repo
+
+
+def netns_list():
+    root = Path("/run/netns")
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+def ours():
+    return [n for n in netns_list() if n.startswith(PREFIX)]
+
+
+def nsexec(ns, *argv, **kw):
+    return run(["ip", "netns", "exec", ns, *argv], **kw)
+
+
+def _add_ns(name):
+    if name not in netns_list():
+        run(["ip", "netns", "add", name])
+    nsexec(name, "ip", "link", "set", "lo", "up")
+
+
+def create_switch():
+    """The switch namespace and its bridge; the controller plugged in with its addresses."""
+    _add_ns(SWITCH)
+    nsexec(SWITCH, "ip", "link", "add", BRIDGE, "type", "bridge", check=False)
+    nsexec(SWITCH, "ip", "link", "set", BRIDGE, "up")
+    _add_ns(CONTROLLER)
+    plug(CONTROLLER, "ctl")
+    for addr in (GATEWAY, MGMT_IP):
+        nsexec(CONTROLLER, "ip", "addr", "replace", f"{addr}/{PREFIXLEN}", "dev", "eth0")
+    nsexec(CONTROLLER, "ip", "link", "set", "eth0", "up")
+
+
+def plug(ns, tag, ifname="eth0"):
+    """A veth from namespace ns (as ifname) to the lab bridge (as v-<tag>)."""
+    port = f"v-{tag}"[:15]
+    nsexec(SWITCH, "ip", "link", "del", port, check=False, capture=True)
+    nsexec(SWITCH, "ip", "link", "add", port, "type", "veth", "peer", "name", ifname,
+           "netns", ns)
+    nsexec(SWITCH, "ip", "link", "set", port, "master", BRIDGE, "up")
+
+
+def tap(tag):
+    """A tap on the lab bridge, for a qemu running in the switch namespace."""
+    name = f"t-{tag}"[:15]
+    nsexec(SWITCH, "ip", "link", "del", name, check=False, capture=True)
+    nsexec(SWITCH, "ip", "tuntap", "add", "dev", name, "mode", "tap")
+    nsexec(SWITCH, "ip", "link", "set", name, "master", BRIDGE, "up")
+    return name
+
+
+def node_ns(name):
+    ns = PREFIX + name
+    _add_ns(ns)
+    return ns
+
+
+def destroy():
+    for ns in ours():
+        run(["ip", "netns", "del", ns], check=False)

@@ -1,0 +1,94 @@
+"""Salt configuration for the lab's management node: master config, roster, Saltfile, pillar.
+
+The lab writes a pillar that models its own rack the way an operator would model theirs
+(see pillar.example); only what is lab-specific (no usable KVM acceleration) differs.
+"""
+import os
+import subprocess
+
+import yaml
+
+from . import net, paths
+
+SALT_DIR = paths.HOME / "salt"
+PILLAR_DIR = SALT_DIR / "pillar"
+VENV_BIN = paths.REPO_ROOT / ".venv" / "bin"
+
+
+def lab_pillar(nodes):
+    """The lab's cluster, in the formula's pillar schema."""
+    return {
+        "kvmcluster": {
+            "domain": "lab.kvmcluster.test",
+            "subnet": net.SUBNET,
+            "gateway": net.GATEWAY,
+            "dns_servers": [net.MGMT_IP],
+            "storage": {"primary": {"name": "default", "path": "/data01/primary"}},
+            # Lab-only: /dev/kvm here cannot run guests, so missing vmx/svm is a warning.
+            "preflight": {"hardware_virtualization": "warn"},
+            "nodes": {
+                n.name: {"ip": f"{n.ip}/{net.PREFIXLEN}", "nic": "eth0"} for n in nodes
+            },
+        }
+    }
+
+
+def write(nodes, extra_pillar=None):
+    for sub in ("pillar", "root", "pki"):
+        (SALT_DIR / sub).mkdir(parents=True, exist_ok=True)
+    master = {
+        "root_dir": str(SALT_DIR / "root"),
+        "pki_dir": str(SALT_DIR / "pki"),
+        "cachedir": str(SALT_DIR / "root" / "cache"),
+        "log_file": str(SALT_DIR / "master.log"),
+        "ssh_log_file": str(SALT_DIR / "ssh.log"),
+        "file_roots": {"base": [str(paths.REPO_ROOT)]},
+        "pillar_roots": {"base": [str(PILLAR_DIR)]},
+        "state_output": "changes",
+        "log_level_logfile": "info",
+    }
+    (SALT_DIR / "master").write_text(yaml.safe_dump(master, sort_keys=False))
+    roster = {}
+    for n in nodes:
+        roster[n.name] = {
+            "host": n.ip,
+            "user": "root",
+            "priv": str(paths.SSH_KEY),
+            # Root's interpreter shims on the controller must not leak into the target.
+            "set_path": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "ssh_options": ["UserKnownHostsFile=/dev/null", "StrictHostKeyChecking=no",
+                            "ConnectTimeout=10"],
+        }
+    (SALT_DIR / "roster").write_text(yaml.safe_dump(roster, sort_keys=False))
+    saltfile = {
+        "salt-ssh": {
+            "config_dir": str(SALT_DIR),
+            "roster_file": str(SALT_DIR / "roster"),
+            "ignore_host_keys": True,
+            "ssh_max_procs": 8,
+        }
+    }
+    (SALT_DIR / "Saltfile").write_text(yaml.safe_dump(saltfile, sort_keys=False))
+    (PILLAR_DIR / "top.sls").write_text("base:\n  '*':\n    - kvmcluster\n")
+    pillar = lab_pillar(nodes)
+    if extra_pillar:
+        pillar = extra_pillar
+    (PILLAR_DIR / "kvmcluster.sls").write_text(yaml.safe_dump(pillar, sort_keys=False))
+
+
+def set_pillar(data):
+    """Replace the lab's pillar (tests use this for bad or changed pillar)."""
+    (PILLAR_DIR / "kvmcluster.sls").write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def salt_ssh_argv(*args):
+    return ["ip", "netns", "exec", net.CONTROLLER, str(VENV_BIN / "salt-ssh"),
+            f"--saltfile={SALT_DIR / 'Saltfile'}", *args]
+
+
+def salt_ssh(*args, timeout=1800, capture=True):
+    """Run salt-ssh from the management node's namespace."""
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}:/usr/sbin:/usr/bin:/sbin:/bin"
+    return subprocess.run(salt_ssh_argv(*args), capture_output=capture, text=True,
+                          timeout=timeout, env=env, check=False)

@@ -1,0 +1,36 @@
+"""Which nodes a lab has: names, kinds, addresses and MACs."""
+from dataclasses import asdict, dataclass, field
+
+from . import net
+
+FIRST_HOST = 41  # the seed's first node is 172.30.10.41
+
+
+@dataclass
+class Node:
+    name: str
+    kind: str  # "container" or "vm"
+    ip: str
+    macs: list = field(default_factory=list)
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def _mac(index, nic):
+    return f"52:54:00:30:{index:02x}:{nic:02x}"
+
+
+def make(containers=3, vms=0):
+    nodes = []
+    for i in range(containers + vms):
+        kind = "container" if i < containers else "vm"
+        nics = 1 if kind == "container" else 2
+        base = net.SUBNET.rsplit(".", 1)[0]
+        nodes.append(Node(name=f"kvm{i + 1:02d}", kind=kind, ip=f"{base}.{FIRST_HOST + i}",
+                          macs=[_mac(i + 1, n) for n in range(nics)]))
+    return nodes
+
+
+def from_dicts(rows):
+    return [Node(**r) for r in rows]
