@@ -4,7 +4,7 @@ import json
 import os
 import sys
 
-from . import control, net, paths, saltcfg, spec
+from . import control, net, paths, report, saltcfg, spec
 
 
 def main(argv=None):
@@ -22,6 +22,8 @@ def main(argv=None):
     p_apply.add_argument("args", nargs=argparse.REMAINDER)
     p_salt = sub.add_parser("salt", help="salt-ssh with the lab's Saltfile")
     p_salt.add_argument("args", nargs=argparse.REMAINDER)
+    sub.add_parser("info", help="each node's own view (kvmcluster_node.info) as JSON")
+    sub.add_parser("demo", help="up, apply, summary per node, how to reach the nodes")
     sub.add_parser("_supervise")
     a = ap.parse_args(argv)
 
@@ -31,6 +33,10 @@ def main(argv=None):
         control.down()
     elif a.cmd == "status":
         print(json.dumps(control.status(), indent=1))
+    elif a.cmd == "info":
+        print(json.dumps(report.info(), indent=1, sort_keys=True))
+    elif a.cmd == "demo":
+        sys.exit(report.demo())
     elif a.cmd == "_supervise":
         control.supervise()
     elif a.cmd == "ssh":

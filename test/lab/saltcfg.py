@@ -20,7 +20,7 @@ def lab_pillar(nodes):
     return {
         "kvmcluster": {
             "domain": "lab.kvmcluster.test",
-            "subnet": net.SUBNET,
+            "subnets": [net.SUBNET],
             "gateway": net.GATEWAY,
             "dns_servers": [net.MGMT_IP],
             "storage": {"primary": {"name": "default", "path": "/data01/primary"}},

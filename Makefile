@@ -1,0 +1,55 @@
+# kvmcluster: `make demo` runs the formula on the built-in lab, `make test` runs the tests.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+LAB := PYTHONPATH=test $(PY) -m lab
+APT_PKGS := debootstrap qemu-system-x86 qemu-utils python3-venv python3-libvirt apt-utils \
+	e2fsprogs iproute2 openssh-client
+STAMP_APT := $(VENV)/.apt-done
+STAMP_PIP := $(VENV)/.pip-done
+
+.PHONY: deps demo test test-unit test-functional test-lab lab lab-up lab-down lab-status lint
+
+deps: $(STAMP_PIP)
+
+$(STAMP_APT):
+	@missing=$$(for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@[ -x $(PY) ] || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	@touch $@
+
+# The venv is made from Debian's python3 so that python3-libvirt (apt) is importable in it.
+$(STAMP_PIP): $(STAMP_APT) test/requirements.txt
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r test/requirements.txt
+	@touch $@
+
+demo: deps
+	$(LAB) demo
+
+test: deps
+	bash test/run-tests.sh
+
+test-unit: deps
+	bash test/run-tests.sh unit
+
+test-functional: deps
+	bash test/run-tests.sh functional
+
+test-lab: deps
+	bash test/run-tests.sh lab
+
+lab: deps
+	$(LAB) $(ARGS)
+
+lab-up: deps
+	$(LAB) up
+
+lab-down: deps
+	$(LAB) down
+
+lab-status: deps
+	$(LAB) status

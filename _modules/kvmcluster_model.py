@@ -1,0 +1,669 @@
+"""
+The kvmcluster cluster model: pillar ``kvmcluster`` merged over the formula's defaults and
+validated as a whole, for every node at once.
+
+Every state of the formula reads the cluster from here; no SLS reads raw pillar its own way.
+The core (:func:`build`) is pure Python: it takes the pillar data and the defaults and returns
+the model and the list of errors. Each error names the node (or ``cluster``), the pillar key
+and the reason.
+"""
+import copy
+import difflib
+import ipaddress
+import logging
+import posixpath
+import re
+
+try:
+    from salt.exceptions import CommandExecutionError
+except ImportError:  # the pure core is importable without Salt
+
+    class CommandExecutionError(Exception):
+        pass
+
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "kvmcluster_model"
+
+CONTEXT_KEY = "kvmcluster_model.model"
+ROOT = "kvmcluster"
+
+BOND_MODES = {
+    "balance-rr": 0, "active-backup": 1, "balance-xor": 2, "broadcast": 3,
+    "802.3ad": 4, "balance-tlb": 5, "balance-alb": 6,
+}
+XMIT_HASH_POLICIES = ["layer2", "layer3+4", "layer2+3", "encap2+3", "encap3+4", "vlan+srcmac"]
+HASHING_MODES = {"balance-xor", "802.3ad", "balance-tlb"}
+BACKENDS = {
+    "ifupdown": {"Debian"},
+    "netplan": {"Debian"},
+    "networkmanager": {"Debian", "RedHat"},
+    "ifcfg": {"RedHat"},
+}
+ROLES = {"management", "nfs_server"}
+MTU_MIN, MTU_MAX = 576, 9216
+POOL_TYPES = {"netfs", "dir"}
+STRICTNESS = {"fail", "warn"}
+
+# Keys each mapping may hold (the defaults hold the rest of the schema).
+NODE_KEYS = {
+    "ip", "hostname", "gateway", "dns_servers", "dns_search", "nic", "mac", "mtu", "bond",
+    "bridge", "backend", "roles", "os_family",
+}
+NODE_BOND_KEYS = {"name", "slaves", "mode", "miimon", "updelay", "downdelay",
+                  "xmit_hash_policy", "lacp_rate", "mtu"}
+NODE_BRIDGE_KEYS = {"name", "mtu", "stp", "forward_delay"}
+
+_HOSTNAME = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$", re.I)
+_IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
+_MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$", re.I)
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_SYSCTL = re.compile(r"^[a-z0-9_]+([./][a-z0-9_-]+)+$", re.I)
+_SSH_KEY = re.compile(r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp\d+|sk-\S+)\s+[A-Za-z0-9+/=]+(\s.*)?$")
+_POOL_NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
+
+
+def __virtual__():
+    return __virtualname__
+
+
+class ModelError:
+    """One reason the pillar is not a cluster."""
+
+    __slots__ = ("node", "key", "reason")
+
+    def __init__(self, node, key, reason):
+        self.node, self.key, self.reason = node, key, reason
+
+    def __str__(self):
+        return f"[{self.node}] {self.key}: {self.reason}"
+
+    def __repr__(self):
+        return f"ModelError({self})"
+
+
+class _Errors(list):
+    def add(self, node, key, reason):
+        self.append(ModelError(node or "cluster", key, reason))
+
+
+# ---- small helpers ------------------------------------------------------------------
+
+def merge(base, over):
+    """Deep merge of mappings; lists and scalars in `over` replace those in `base`."""
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+# Words operators reach for, mapped to the key the schema uses for them.
+ALIASES = {"address": "ip", "ipaddr": "ip", "ip_address": "ip", "dns": "dns_servers",
+           "nameservers": "dns_servers", "subnet": "subnets", "interface": "nic",
+           "slave": "slaves", "mode": "mode"}
+
+
+def _suggest(key, valid):
+    words = set(valid) | {a for a, target in ALIASES.items() if target in valid}
+    close = difflib.get_close_matches(str(key), sorted(words), n=1, cutoff=0.6)
+    if not close:
+        return ""
+    return f" (did you mean '{ALIASES.get(close[0], close[0]) if close[0] not in valid else close[0]}'?)"
+
+
+def _unknown(errors, node, path, data, valid):
+    if not isinstance(data, dict):
+        return
+    for k in data:
+        if k not in valid:
+            errors.add(node, f"{path}:{k}",
+                       f"unknown key{_suggest(k, valid)}; valid keys: {', '.join(sorted(valid))}")
+
+
+def _path_ok(errors, node, key, value):
+    if not isinstance(value, str) or not value:
+        errors.add(node, key, f"must be an absolute path, got {value!r}")
+        return False
+    if not value.startswith("/"):
+        errors.add(node, key, f"{value!r} is not an absolute path")
+        return False
+    norm = posixpath.normpath(value)
+    if norm.startswith("//"):
+        norm = "/" + norm.lstrip("/")
+    if norm != value:
+        errors.add(node, key, f"{value!r} is not normalized (write {norm!r})")
+        return False
+    if value == "/":
+        errors.add(node, key, "must not be the root directory")
+        return False
+    return True
+
+
+def _nested(a, b):
+    """True if one path equals or lies inside the other."""
+    a, b = a.rstrip("/") + "/", b.rstrip("/") + "/"
+    return a.startswith(b) or b.startswith(a)
+
+
+def _int(errors, node, key, value, lo, hi):
+    if isinstance(value, bool) or not isinstance(value, int):
+        errors.add(node, key, f"must be an integer, got {value!r}")
+        return None
+    if not lo <= value <= hi:
+        errors.add(node, key, f"{value} is out of range {lo}..{hi}")
+        return None
+    return value
+
+
+def _bool(errors, node, key, value):
+    if not isinstance(value, bool):
+        errors.add(node, key, f"must be true or false, got {value!r}")
+
+
+def _addr(errors, node, key, value):
+    try:
+        return ipaddress.ip_address(str(value)) if value is not None and not isinstance(value, bool) \
+            else _raise()
+    except ValueError:
+        errors.add(node, key, f"{value!r} is not an IP address")
+        return None
+
+
+def _raise():
+    raise ValueError
+
+
+def _list(errors, node, key, value):
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        errors.add(node, key, f"must be a list, got {type(value).__name__} {value!r}")
+        return []
+    return value
+
+
+# ---- the model ----------------------------------------------------------------------
+
+def build(pillar, defaults, self_id=None, self_os_family=None):
+    """Build and validate the cluster model.
+
+    pillar: the mapping under pillar key ``kvmcluster``.
+    defaults: the formula's ``cluster`` defaults (parameters/defaults.yaml).
+    self_id / self_os_family: the node doing the building, for checks only it can make.
+
+    Returns (model, errors); ``model`` is None when there are errors.
+    """
+    errors = _Errors()
+    if pillar is None:
+        pillar = {}
+    if not isinstance(pillar, dict):
+        errors.add(None, ROOT, f"must be a mapping, got {type(pillar).__name__}")
+        return None, errors
+    pillar = {k: v for k, v in pillar.items() if k != "lookup"}
+    _unknown(errors, None, ROOT, pillar, set(defaults) | {"lookup"})
+    for section in ("storage", "bridge", "bond", "network", "account", "preflight", "libvirt"):
+        if section in pillar and not isinstance(pillar[section], dict):
+            errors.add(None, f"{ROOT}:{section}", "must be a mapping")
+            return None, errors
+        _unknown(errors, None, f"{ROOT}:{section}", pillar.get(section), set(defaults[section]))
+    storage_in = pillar.get("storage") or {}
+    for sub in ("primary", "secondary"):
+        if sub in storage_in and not isinstance(storage_in[sub], dict):
+            errors.add(None, f"{ROOT}:storage:{sub}", "must be a mapping")
+            return None, errors
+        _unknown(errors, None, f"{ROOT}:storage:{sub}", storage_in.get(sub),
+                 set(defaults["storage"][sub]))
+    _unknown(errors, None, f"{ROOT}:libvirt:tls", (pillar.get("libvirt") or {}).get("tls"),
+             set(defaults["libvirt"]["tls"]))
+    _unknown(errors, None, f"{ROOT}:storage:secondary:pool",
+             (storage_in.get("secondary") or {}).get("pool"),
+             set(defaults["storage"]["secondary"]["pool"]))
+
+    c = merge(defaults, pillar)
+    subnets = _check_cluster(errors, c)
+    nodes = c.get("nodes")
+    if not isinstance(nodes, dict) or not nodes:
+        errors.add(None, f"{ROOT}:nodes", "must be a mapping of node id to node settings, "
+                   "with at least one node")
+        return None, errors
+    resolved = {}
+    for name, entry in nodes.items():
+        resolved[str(name)] = _check_node(errors, c, subnets, str(name), entry, self_id,
+                                          self_os_family)
+    _check_across(errors, c, resolved)
+    _check_storage(errors, c, resolved)
+    if errors:
+        return None, errors
+    model = {k: v for k, v in c.items() if k != "nodes"}
+    model["subnets"] = [str(s) for s in subnets]
+    model["nodes"] = resolved
+    return model, errors
+
+
+def _check_cluster(errors, c):
+    subnets = []
+    for i, s in enumerate(_list(errors, None, f"{ROOT}:subnets", c.get("subnets"))):
+        try:
+            subnets.append(ipaddress.ip_network(str(s), strict=True))
+        except ValueError as exc:
+            errors.add(None, f"{ROOT}:subnets:{i}", f"{s!r} is not a network ({exc})")
+    if not subnets and not errors:
+        errors.add(None, f"{ROOT}:subnets", "at least one subnet is required, e.g. 172.30.10.0/24")
+    if c.get("gateway") is not None:
+        gw = _addr(errors, None, f"{ROOT}:gateway", c["gateway"])
+        if gw and subnets and not any(gw in s for s in subnets):
+            errors.add(None, f"{ROOT}:gateway", f"{gw} is not on-link: in none of the subnets "
+                       f"{', '.join(map(str, subnets))}")
+    for i, d in enumerate(_list(errors, None, f"{ROOT}:dns_servers", c.get("dns_servers"))):
+        _addr(errors, None, f"{ROOT}:dns_servers:{i}", d)
+    if not isinstance(c.get("domain"), str):
+        errors.add(None, f"{ROOT}:domain", "must be a string")
+    elif c["domain"] and not all(_HOSTNAME.match(p) for p in c["domain"].split(".")):
+        errors.add(None, f"{ROOT}:domain", f"{c['domain']!r} is not a DNS domain")
+    _check_bond(errors, None, f"{ROOT}:bond", c["bond"])
+    _check_bridge(errors, None, f"{ROOT}:bridge", c["bridge"])
+    _int(errors, None, f"{ROOT}:nic_mtu", c["nic_mtu"], MTU_MIN, MTU_MAX)
+    backend = c["network"].get("backend")
+    if backend != "auto" and backend not in BACKENDS:
+        errors.add(None, f"{ROOT}:network:backend", f"{backend!r} is not a backend; valid: auto, "
+                   + ", ".join(sorted(BACKENDS)) + _suggest(backend, set(BACKENDS) | {"auto"}))
+    _int(errors, None, f"{ROOT}:network:rollback_timeout", c["network"].get("rollback_timeout"),
+         30, 3600)
+    acct = c["account"]
+    if acct.get("name") is not None and not (isinstance(acct["name"], str)
+                                             and _USER.match(acct["name"])):
+        errors.add(None, f"{ROOT}:account:name", f"{acct['name']!r} is not a valid user name")
+    _bool(errors, None, f"{ROOT}:account:create", acct.get("create"))
+    for i, g in enumerate(_list(errors, None, f"{ROOT}:account:groups", acct.get("groups"))):
+        if not (isinstance(g, str) and _USER.match(g)):
+            errors.add(None, f"{ROOT}:account:groups:{i}", f"{g!r} is not a valid group name")
+    for i, k in enumerate(_list(errors, None, f"{ROOT}:account:ssh_keys", acct.get("ssh_keys"))):
+        if not (isinstance(k, str) and _SSH_KEY.match(k.strip())):
+            errors.add(None, f"{ROOT}:account:ssh_keys:{i}",
+                       "is not an SSH public key (expected 'ssh-ed25519 AAAA... comment')")
+    if acct.get("ssh_keys") and not acct.get("name"):
+        errors.add(None, f"{ROOT}:account:name", "ssh_keys are given but no account name")
+    if not isinstance(c.get("sysctl"), dict):
+        errors.add(None, f"{ROOT}:sysctl", "must be a mapping of sysctl key to value")
+    else:
+        for k, v in c["sysctl"].items():
+            if not _SYSCTL.match(str(k)):
+                errors.add(None, f"{ROOT}:sysctl:{k}", "is not a sysctl key (e.g. vm.swappiness)")
+            elif isinstance(v, (dict, list)) or v is None:
+                errors.add(None, f"{ROOT}:sysctl:{k}", f"value must be a scalar, got {v!r}")
+    for k in ("hardware_virtualization", "storage_mounted"):
+        if c["preflight"].get(k) not in STRICTNESS:
+            errors.add(None, f"{ROOT}:preflight:{k}",
+                       f"{c['preflight'].get(k)!r} must be one of: fail, warn")
+    lv = c["libvirt"]
+    if not (isinstance(lv.get("unix_sock_group"), str) and _USER.match(lv["unix_sock_group"])):
+        errors.add(None, f"{ROOT}:libvirt:unix_sock_group",
+                   f"{lv.get('unix_sock_group')!r} is not a group name")
+    for k in ("unix_sock_ro_perms", "unix_sock_rw_perms"):
+        if not re.match(r"^0[0-7]{3}$", str(lv.get(k))):
+            errors.add(None, f"{ROOT}:libvirt:{k}", f"{lv.get(k)!r} must be an octal mode like '0770'"
+                       " (quote it in YAML)")
+    tls = lv.get("tls") or {}
+    _bool(errors, None, f"{ROOT}:libvirt:tls:enabled", tls.get("enabled"))
+    for k in ("cert_file", "key_file", "ca_file"):
+        _path_ok(errors, None, f"{ROOT}:libvirt:tls:{k}", tls.get(k))
+    return subnets
+
+
+def _check_bond(errors, node, key, bond):
+    mode = bond.get("mode")
+    if isinstance(mode, int) and not isinstance(mode, bool):
+        names = {v: k for k, v in BOND_MODES.items()}
+        if mode in names:
+            bond["mode"] = mode = names[mode]
+    if mode not in BOND_MODES:
+        errors.add(node, f"{key}:mode", f"{mode!r} is not a bonding mode; valid: "
+                   + ", ".join(BOND_MODES) + _suggest(mode, set(BOND_MODES)))
+    if not (isinstance(bond.get("name"), str) and _IFNAME.match(bond["name"])):
+        errors.add(node, f"{key}:name", f"{bond.get('name')!r} is not an interface name")
+    miimon = _int(errors, node, f"{key}:miimon", bond.get("miimon"), 0, 10000)
+    for k in ("updelay", "downdelay"):
+        v = _int(errors, node, f"{key}:{k}", bond.get(k), 0, 100000)
+        if v and miimon and v % miimon:
+            errors.add(node, f"{key}:{k}", f"{v} is not a multiple of miimon ({miimon})")
+        if v and miimon == 0:
+            errors.add(node, f"{key}:{k}", "needs miimon > 0")
+    xhp = bond.get("xmit_hash_policy")
+    if isinstance(xhp, int) and not isinstance(xhp, bool) and 0 <= xhp < len(XMIT_HASH_POLICIES):
+        bond["xmit_hash_policy"] = xhp = XMIT_HASH_POLICIES[xhp]
+    if xhp is not None and xhp not in XMIT_HASH_POLICIES:
+        errors.add(node, f"{key}:xmit_hash_policy", f"{xhp!r} is not a hash policy; valid: "
+                   + ", ".join(XMIT_HASH_POLICIES) + _suggest(xhp, set(XMIT_HASH_POLICIES)))
+    if bond.get("lacp_rate") not in ("slow", "fast"):
+        errors.add(node, f"{key}:lacp_rate", f"{bond.get('lacp_rate')!r} must be slow or fast")
+    _int(errors, node, f"{key}:mtu", bond.get("mtu"), MTU_MIN, MTU_MAX)
+
+
+def _check_bridge(errors, node, key, br):
+    if not (isinstance(br.get("name"), str) and _IFNAME.match(br["name"])):
+        errors.add(node, f"{key}:name", f"{br.get('name')!r} is not an interface name")
+    if br.get("mtu") is not None:
+        _int(errors, node, f"{key}:mtu", br["mtu"], MTU_MIN, MTU_MAX)
+    _bool(errors, node, f"{key}:stp", br.get("stp"))
+    _int(errors, node, f"{key}:forward_delay", br.get("forward_delay"), 0, 30)
+
+
+def _check_node(errors, c, subnets, name, entry, self_id, self_os_family):
+    key = f"{ROOT}:nodes:{name}"
+    if not _HOSTNAME.match(name):
+        errors.add(name, key, f"node id {name!r} is not a valid host name")
+    if not isinstance(entry, dict):
+        errors.add(name, key, "must be a mapping with at least `ip` and `nic` or `bond`")
+        return {}
+    _unknown(errors, name, key, entry, NODE_KEYS)
+    out = {"name": name}
+    hostname = entry.get("hostname", name)
+    if not (isinstance(hostname, str) and _HOSTNAME.match(hostname)):
+        errors.add(name, f"{key}:hostname", f"{hostname!r} is not a valid host name")
+    out["hostname"] = str(hostname)
+    out["fqdn"] = f"{hostname}.{c['domain']}" if c.get("domain") else str(hostname)
+
+    iface = None
+    if "ip" not in entry:
+        errors.add(name, f"{key}:ip", "is required (address/prefix, e.g. 172.30.10.41/24)")
+    else:
+        try:
+            iface = ipaddress.ip_interface(str(entry["ip"]))
+            if "/" not in str(entry["ip"]):
+                errors.add(name, f"{key}:ip", f"{entry['ip']!r} needs a prefix length, e.g. "
+                           f"{entry['ip']}/24")
+                iface = None
+        except ValueError:
+            errors.add(name, f"{key}:ip", f"{entry['ip']!r} is not an address/prefix")
+    if iface is not None:
+        net = iface.network
+        if subnets and net not in subnets:
+            errors.add(name, f"{key}:ip", f"{entry['ip']} is not in "
+                       + ("any cluster subnet" if len(subnets) > 1 else "the cluster subnet")
+                       + f" ({', '.join(map(str, subnets))})")
+        elif iface.ip in (net.network_address, net.broadcast_address) and net.prefixlen < 31:
+            errors.add(name, f"{key}:ip", f"{iface.ip} is the network or broadcast address of {net}")
+        out.update(ip=str(iface.ip), prefix=net.prefixlen, address=str(iface),
+                   network=str(net))
+
+    gw = entry.get("gateway", c.get("gateway"))
+    gw_key = f"{key}:gateway" if "gateway" in entry else f"{ROOT}:gateway"
+    if gw is not None:
+        gwa = _addr(errors, name, gw_key, gw)
+        if gwa and iface is not None and gwa not in iface.network:
+            errors.add(name, gw_key, f"{gwa} is not on-link for {iface} (not in {iface.network})")
+        if gwa and iface is not None and gwa == iface.ip:
+            errors.add(name, gw_key, f"{gwa} is the node's own address")
+    out["gateway"] = None if gw is None else str(gw)
+    dns = entry.get("dns_servers", c.get("dns_servers"))
+    for i, d in enumerate(_list(errors, name, f"{key}:dns_servers", dns)):
+        if "dns_servers" in entry:
+            _addr(errors, name, f"{key}:dns_servers:{i}", d)
+    out["dns_servers"] = [str(d) for d in (dns or [])]
+    out["dns_search"] = list(entry.get("dns_search", c.get("dns_search")) or
+                             ([c["domain"]] if c.get("domain") else []))
+
+    # The bridge's port: one NIC or a bond of NICs.
+    has_nic, has_bond = "nic" in entry, "bond" in entry
+    if has_nic == has_bond:
+        errors.add(name, key, "needs exactly one of `nic` (a single NIC) or `bond` (with slaves)")
+    if has_nic:
+        nic = entry["nic"]
+        if not (isinstance(nic, str) and _IFNAME.match(nic)):
+            errors.add(name, f"{key}:nic", f"{nic!r} is not an interface name")
+        mtu = entry.get("mtu", c["nic_mtu"])
+        _int(errors, name, f"{key}:mtu", mtu, MTU_MIN, MTU_MAX)
+        out["port"] = {"kind": "nic", "name": nic, "slaves": [], "mtu": mtu}
+    elif has_bond:
+        b_in = entry["bond"]
+        if not isinstance(b_in, dict):
+            errors.add(name, f"{key}:bond", "must be a mapping with `slaves`")
+            b_in = {}
+        _unknown(errors, name, f"{key}:bond", b_in, NODE_BOND_KEYS)
+        bond = merge(c["bond"], b_in)
+        _check_bond(errors, name, f"{key}:bond", bond)
+        slaves = _list(errors, name, f"{key}:bond:slaves", bond.get("slaves"))
+        if not slaves:
+            errors.add(name, f"{key}:bond:slaves", "a bond needs at least one slave NIC")
+        seen = set()
+        for i, s in enumerate(slaves):
+            if not (isinstance(s, str) and _IFNAME.match(s)):
+                errors.add(name, f"{key}:bond:slaves:{i}", f"{s!r} is not an interface name")
+            elif s in seen:
+                errors.add(name, f"{key}:bond:slaves:{i}", f"NIC {s} is used twice")
+            elif s == bond.get("name"):
+                errors.add(name, f"{key}:bond:slaves:{i}", f"{s} is the bond itself")
+            seen.add(s)
+        if bond.get("mode") not in HASHING_MODES and "xmit_hash_policy" in b_in:
+            errors.add(name, f"{key}:bond:xmit_hash_policy",
+                       f"only applies to modes {', '.join(sorted(HASHING_MODES))}")
+        out["port"] = {"kind": "bond", **{k: v for k, v in bond.items()}, "slaves": slaves}
+    if "mac" in entry:
+        if not (isinstance(entry["mac"], str) and _MAC.match(entry["mac"])):
+            errors.add(name, f"{key}:mac", f"{entry['mac']!r} is not a MAC address")
+        elif int(entry["mac"].split(":")[0], 16) & 1:
+            errors.add(name, f"{key}:mac", f"{entry['mac']} is a multicast address")
+        out["mac"] = str(entry["mac"]).lower()
+
+    br_in = entry.get("bridge", {})
+    if isinstance(br_in, str):
+        br_in = {"name": br_in}
+    if not isinstance(br_in, dict):
+        errors.add(name, f"{key}:bridge", "must be a bridge name or a mapping")
+        br_in = {}
+    _unknown(errors, name, f"{key}:bridge", br_in, NODE_BRIDGE_KEYS)
+    bridge = merge(c["bridge"], br_in)
+    if br_in:
+        _check_bridge(errors, name, f"{key}:bridge", bridge)
+    port = out.get("port")
+    if port:
+        if bridge.get("name") in (port.get("name"), *port.get("slaves", [])):
+            errors.add(name, f"{key}:bridge:name", f"{bridge['name']} is also the bridge's port")
+        pmtu = port.get("mtu")
+        if isinstance(bridge.get("mtu"), int) and isinstance(pmtu, int) and bridge["mtu"] > pmtu:
+            errors.add(name, f"{key}:bridge:mtu" if "mtu" in br_in else f"{ROOT}:bridge:mtu",
+                       f"bridge MTU {bridge['mtu']} exceeds its port's MTU {pmtu}")
+        if bridge.get("mtu") is None:
+            bridge["mtu"] = pmtu
+    out["bridge"] = bridge
+
+    backend = entry.get("backend", c["network"]["backend"])
+    if backend != "auto" and backend not in BACKENDS:
+        errors.add(name, f"{key}:backend", f"{backend!r} is not a backend; valid: auto, "
+                   + ", ".join(sorted(BACKENDS)) + _suggest(backend, set(BACKENDS) | {"auto"}))
+    family = entry.get("os_family") or (self_os_family if name == self_id else None)
+    if family is not None and family not in ("Debian", "RedHat"):
+        errors.add(name, f"{key}:os_family", f"{family!r} is not supported (Debian, RedHat)")
+    elif family and backend in BACKENDS and family not in BACKENDS[backend]:
+        errors.add(name, f"{key}:backend" if "backend" in entry else f"{ROOT}:network:backend",
+                   f"backend {backend} does not exist on {family}; valid there: "
+                   + ", ".join(sorted(b for b, f in BACKENDS.items() if family in f)))
+    out["backend"] = backend
+    out["os_family"] = family
+    roles = _list(errors, name, f"{key}:roles", entry.get("roles"))
+    for i, r in enumerate(roles):
+        if r not in ROLES:
+            errors.add(name, f"{key}:roles:{i}", f"{r!r} is not a role; valid: "
+                       + ", ".join(sorted(ROLES)) + _suggest(r, ROLES))
+    out["roles"] = list(roles)
+    return out
+
+
+def _check_across(errors, c, nodes):
+    seen_ip, seen_mac, seen_host = {}, {}, {}
+    gw = str(c.get("gateway")) if c.get("gateway") is not None else None
+    for name, n in nodes.items():
+        key = f"{ROOT}:nodes:{name}"
+        if n.get("ip"):
+            if n["ip"] in seen_ip:
+                errors.add(name, f"{key}:ip", f"{n['ip']} is also the address of node "
+                           f"{seen_ip[n['ip']]}")
+            seen_ip.setdefault(n["ip"], name)
+            if gw and n["ip"] == gw:
+                errors.add(name, f"{key}:ip", f"{n['ip']} is the cluster gateway")
+        if n.get("mac"):
+            if n["mac"] in seen_mac:
+                errors.add(name, f"{key}:mac", f"{n['mac']} is also the MAC of node "
+                           f"{seen_mac[n['mac']]}")
+            seen_mac.setdefault(n["mac"], name)
+        h = n.get("hostname", "").lower()
+        if h:
+            if h in seen_host:
+                errors.add(name, f"{key}:hostname", f"{h} is also the host name of node "
+                           f"{seen_host[h]}")
+            seen_host.setdefault(h, name)
+
+
+def _check_storage(errors, c, nodes):
+    st = c["storage"]
+    pri, sec = st["primary"], st["secondary"]
+    k = f"{ROOT}:storage"
+    pri_ok = _path_ok(errors, None, f"{k}:primary:path", pri.get("path"))
+    if not (isinstance(pri.get("name"), str) and _POOL_NAME.match(pri["name"])):
+        errors.add(None, f"{k}:primary:name", f"{pri.get('name')!r} is not a libvirt pool name")
+    mf = pri.get("min_free_gb")
+    if isinstance(mf, bool) or not isinstance(mf, (int, float)) or mf < 0:
+        errors.add(None, f"{k}:primary:min_free_gb", f"{mf!r} must be a number >= 0")
+    _bool(errors, None, f"{k}:secondary:enabled", sec.get("enabled"))
+    if sec.get("enabled") is not True:
+        return
+    servers = [n for n, v in nodes.items() if "nfs_server" in v.get("roles", [])]
+    named = sec.get("server")
+    if named is not None:
+        if str(named) not in nodes:
+            errors.add(None, f"{k}:secondary:server", f"{named!r} is not a node of "
+                       f"{ROOT}:nodes{_suggest(named, set(nodes))}")
+        elif servers and servers != [str(named)]:
+            errors.add(None, f"{k}:secondary:server", f"{named} is named, but nodes "
+                       f"{', '.join(servers)} have the nfs_server role")
+        servers = [str(named)] if str(named) in nodes else servers
+    if len(servers) != 1:
+        errors.add(None, f"{k}:secondary:server", "secondary storage is enabled: exactly one NFS "
+                   f"server is needed (found {len(servers)}: {', '.join(servers) or 'none'}); set "
+                   f"{k}:secondary:server to a node id")
+    else:
+        sec["server"] = servers[0]
+    exp_ok = _path_ok(errors, None, f"{k}:secondary:export_path", sec.get("export_path"))
+    mnt_ok = _path_ok(errors, None, f"{k}:secondary:mountpoint", sec.get("mountpoint"))
+    if pri_ok and exp_ok and _nested(pri["path"], sec["export_path"]):
+        errors.add(None, f"{k}:secondary:export_path", f"{sec['export_path']} and the primary "
+                   f"pool path {pri['path']} are nested; they must be separate trees")
+    if pri_ok and mnt_ok and _nested(pri["path"], sec["mountpoint"]):
+        errors.add(None, f"{k}:secondary:mountpoint", f"{sec['mountpoint']} and the primary "
+                   f"pool path {pri['path']} are nested; they must be separate trees")
+    pool = sec.get("pool") or {}
+    if not (isinstance(pool.get("name"), str) and _POOL_NAME.match(pool["name"])):
+        errors.add(None, f"{k}:secondary:pool:name", f"{pool.get('name')!r} is not a pool name")
+    elif pool["name"] == pri.get("name"):
+        errors.add(None, f"{k}:secondary:pool:name", f"{pool['name']} is also the primary pool's name")
+    if pool.get("type") not in POOL_TYPES:
+        errors.add(None, f"{k}:secondary:pool:type", f"{pool.get('type')!r} must be netfs or dir")
+    opts = _list(errors, None, f"{k}:secondary:mount_options", sec.get("mount_options"))
+    if "hard" in opts and "soft" in opts:
+        errors.add(None, f"{k}:secondary:mount_options", "has both hard and soft")
+    eopts = _list(errors, None, f"{k}:secondary:export_options", sec.get("export_options"))
+    for o in eopts:
+        if not isinstance(o, str) or " " in o or "," in o:
+            errors.add(None, f"{k}:secondary:export_options", f"{o!r}: one option per list item")
+    for i, cl in enumerate(_list(errors, None, f"{k}:secondary:clients", sec.get("clients"))):
+        if str(cl).strip() in ("*", "0.0.0.0/0", "::/0"):
+            errors.add(None, f"{k}:secondary:clients:{i}", "exporting to everyone is refused; "
+                       "list node addresses or the cluster subnet")
+            continue
+        try:
+            ipaddress.ip_network(str(cl), strict=False)
+        except ValueError:
+            errors.add(None, f"{k}:secondary:clients:{i}", f"{cl!r} is not an address or network")
+    _int(errors, None, f"{k}:secondary:wait_timeout", sec.get("wait_timeout"), 5, 3600)
+    if not sec.get("clients"):
+        sec["clients"] = sorted((n["ip"] for n in nodes.values() if n.get("ip")),
+                                key=ipaddress.ip_address)
+
+
+def format_errors(errors):
+    head = f"kvmcluster pillar is invalid ({len(errors)} error{'s' * (len(errors) != 1)}); " \
+           "nothing was changed:"
+    return "\n".join([head] + [f"  - {e}" for e in errors])
+
+
+def node_view(model, node_id):
+    """The model as one node sees it: cluster settings plus `self` (its own entry)."""
+    if node_id not in model["nodes"]:
+        raise CommandExecutionError(
+            f"node {node_id!r} is not in pillar {ROOT}:nodes "
+            f"(nodes: {', '.join(sorted(model['nodes']))}); add it there or fix its minion id")
+    view = dict(model)
+    view["self"] = model["nodes"][node_id]
+    return view
+
+
+# ---- execution functions ------------------------------------------------------------
+
+def _defaults(parameters=None):
+    if parameters is None:
+        import yaml  # pylint: disable=import-outside-toplevel
+
+        text = __salt__["cp.get_file_str"]("salt://kvmcluster/parameters/defaults.yaml")
+        if not text:
+            raise CommandExecutionError("cannot read salt://kvmcluster/parameters/defaults.yaml; "
+                                        "pass parameters= or put the formula in file_roots")
+        parameters = yaml.safe_load(text)["values"]
+    return parameters["cluster"]
+
+
+def validate(parameters=None, pillar=None):
+    """
+    Validate the whole cluster model and return every error at once, without touching any
+    host. ``pillar`` defaults to this minion's pillar key ``kvmcluster``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call --local kvmcluster_model.validate
+    """
+    data = __pillar__.get(ROOT, {}) if pillar is None else pillar
+    model, errors = build(data, _defaults(parameters))
+    return {"valid": not errors, "errors": [str(e) for e in errors],
+            "nodes": sorted(model["nodes"]) if model else []}
+
+
+def load(parameters, minion_id=None):
+    """
+    Build and validate the model from this minion's pillar, keep it for the rest of the state
+    run, and return this node's view of it. Raises CommandExecutionError listing every error.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call kvmcluster_model.load '{"cluster": {...}}'
+    """
+    minion_id = minion_id or __grains__["id"]
+    model, errors = build(__pillar__.get(ROOT, {}), _defaults(parameters), minion_id,
+                          __grains__.get("os_family"))
+    if errors:
+        raise CommandExecutionError(format_errors(errors))
+    view = node_view(model, minion_id)
+    __context__[CONTEXT_KEY] = view
+    return view
+
+
+def current():
+    """
+    This node's view of the model validated earlier in this state run.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call kvmcluster_model.current
+    """
+    if CONTEXT_KEY not in __context__:
+        raise CommandExecutionError("the kvmcluster model was not loaded in this run; include "
+                                    "kvmcluster.model (state kvmcluster-model-validated) first")
+    return __context__[CONTEXT_KEY]

@@ -1,0 +1,112 @@
+"""
+What a kvmcluster node is, seen from the node itself: CPU virtualization flags, /dev/kvm,
+OS family, the libvirt Python binding, systemd, and its own entry of the cluster model.
+"""
+import importlib.util
+import os
+
+from salt.exceptions import CommandExecutionError
+
+__virtualname__ = "kvmcluster_node"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def cpu_flags(path="/proc/cpuinfo"):
+    """
+    The virtualization extensions the CPU advertises: a subset of ``["vmx", "svm"]``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kvmcluster_node.cpu_flags
+    """
+    found = set()
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    found |= {"vmx", "svm"} & set(line.split(":", 1)[1].split())
+    except OSError as exc:
+        raise CommandExecutionError(f"cannot read {path}: {exc}") from exc
+    return sorted(found)
+
+
+def kvm_device(path="/dev/kvm"):
+    """
+    Whether the KVM device exists and can be opened for reading and writing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kvmcluster_node.kvm_device
+    """
+    exists = os.path.exists(path)
+    usable = False
+    reason = "missing"
+    if exists:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            os.close(fd)
+            usable, reason = True, "ok"
+        except OSError as exc:
+            reason = exc.strerror
+    return {"path": path, "exists": exists, "usable": usable, "reason": reason}
+
+
+def systemd_running():
+    """
+    True when systemd is this host's init (so service states can be trusted).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kvmcluster_node.systemd_running
+    """
+    return os.path.isdir("/run/systemd/system")
+
+
+def libvirt_binding():
+    """
+    Whether the libvirt Python binding is importable by the interpreter Salt runs on.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kvmcluster_node.libvirt_binding
+    """
+    return importlib.util.find_spec("libvirt") is not None
+
+
+def info(node_model=None):
+    """
+    The node's own view: virtualization flags, /dev/kvm, OS family, libvirt binding, systemd,
+    and ``model``: the cluster model entry it resolved for itself. Within a state run (see
+    ``kvmcluster.info``) that entry comes from the validated model; called directly it is
+    ``node_model`` when given, else taken from the model loaded earlier in the run, if any.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kvmcluster_node.info
+        salt-ssh '*' state.apply kvmcluster.info
+    """
+    if node_model is None and "kvmcluster_model.model" in __context__:
+        node_model = __context__["kvmcluster_model.model"]["self"]
+    return {
+        "id": __grains__.get("id"),
+        "os_family": __grains__.get("os_family"),
+        "os": f"{__grains__.get('os')} {__grains__.get('osrelease')}",
+        "cpu_flags": cpu_flags(),
+        "kvm_device": kvm_device(),
+        "libvirt_binding": libvirt_binding(),
+        "systemd": systemd_running(),
+        "model": node_model,
+    }

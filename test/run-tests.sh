@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Run the test tiers (default: all three) and print tests passed per tier.
+# pytest's exit 5 (no tests collected) counts as a failure: every tier must hold tests.
+set -u
+cd "$(dirname "$0")/.."
+tiers=("${@:-unit functional lab}")
+tiers=(${tiers[@]})
+declare -A dirs=([unit]=test/unit [functional]=test/functional [lab]=test/integration)
+rc=0
+summary=()
+for tier in "${tiers[@]}"; do
+  start=$(date +%s)
+  echo "== tier: $tier"
+  PYTHONPATH=test .venv/bin/python -m pytest -p no:cacheprovider -q "${dirs[$tier]}" \
+    2>&1 | tee "/tmp/kvmcluster-tier-$tier.log"
+  code=${PIPESTATUS[0]}
+  line=$(grep -E '^[=]* ?[0-9]+ (passed|failed|error)' "/tmp/kvmcluster-tier-$tier.log" | tail -1)
+  [ "$code" -eq 5 ] && line="no tests collected (pytest exit 5)"
+  summary+=("$tier: ${line:-pytest exit $code} ($(( $(date +%s) - start ))s)")
+  [ "$code" -ne 0 ] && rc=1
+done
+echo "== tiers"
+printf '  %s\n' "${summary[@]}"
+exit $rc

@@ -1,0 +1,136 @@
+"""The cluster model: the seed's pillar is valid, and every bad pillar fails with its message."""
+import copy
+import ipaddress
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import SEED_PILLAR, formula_values, load_module
+
+CASES = yaml.safe_load((Path(__file__).parents[1] / "data/bad_pillars.yaml").read_text())
+DELETE = "~DELETE~"
+model = load_module("_modules", "kvmcluster_model")
+DEFAULTS = formula_values()["cluster"]
+
+
+def edit(tree, changes):
+    tree = copy.deepcopy(tree)
+    for path, value in changes.items():
+        keys = path.split(":")
+        cur = tree
+        for k in keys[:-1]:
+            cur = cur.setdefault(k, {})
+        if value == DELETE:
+            cur.pop(keys[-1], None)
+        else:
+            cur[keys[-1]] = value
+    return tree
+
+
+def test_corpus_is_large_enough():
+    assert len(CASES) >= 40
+    assert len({c["name"] for c in CASES}) == len(CASES)
+
+
+def test_seed_pillar_is_valid():
+    built, errors = model.build(SEED_PILLAR["kvmcluster"], DEFAULTS)
+    assert [str(e) for e in errors] == []
+    assert sorted(built["nodes"]) == ["kvm01", "kvm02", "kvm03", "mgmt01"]
+    kvm01 = built["nodes"]["kvm01"]
+    assert kvm01["address"] == "172.30.10.41/24"
+    assert kvm01["port"]["kind"] == "bond" and kvm01["port"]["mode"] == "802.3ad"
+    assert kvm01["bridge"] == {"name": "br0", "mtu": 9000, "stp": False, "forward_delay": 0}
+    assert built["storage"]["secondary"]["server"] == "kvm01"
+    assert built["storage"]["secondary"]["clients"] == [
+        "172.30.10.11", "172.30.10.41", "172.30.10.42", "172.30.10.43"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_bad_pillar(case):
+    built, errors = model.build(edit(SEED_PILLAR["kvmcluster"], case["set"]), DEFAULTS)
+    lines = [str(e) for e in errors]
+    assert built is None
+    assert any(case["expect"] in line for line in lines), "\n".join(lines)
+
+
+def test_all_errors_reported_at_once():
+    bad = edit(SEED_PILLAR["kvmcluster"], {"gateway": "10.9.9.9", "nodes:kvm03:ip": "172.30.10.42/24",
+                                           "bond:mode": "fast"})
+    _, errors = model.build(bad, DEFAULTS)
+    keys = {e.key for e in errors}
+    assert {"kvmcluster:gateway", "kvmcluster:nodes:kvm03:ip", "kvmcluster:bond:mode"} <= keys
+
+
+def test_own_os_family_checks_backend():
+    pil = edit(SEED_PILLAR["kvmcluster"], {"network:backend": "ifcfg"})
+    _, errors = model.build(pil, DEFAULTS, self_id="kvm02", self_os_family="Debian")
+    assert [str(e) for e in errors] == [
+        "[kvm02] kvmcluster:network:backend: backend ifcfg does not exist on Debian; "
+        "valid there: ifupdown, netplan, networkmanager"]
+    _, errors = model.build(pil, DEFAULTS, self_id="kvm02", self_os_family="RedHat")
+    assert errors == []
+
+
+def test_xmit_hash_policy_number_is_normalized():
+    pil = edit(SEED_PILLAR["kvmcluster"], {"bond:xmit_hash_policy": 1})
+    built, errors = model.build(pil, DEFAULTS)
+    assert errors == []
+    assert built["nodes"]["kvm02"]["port"]["xmit_hash_policy"] == "layer3+4"
+
+
+def test_node_view_unknown_node():
+    built, _ = model.build(SEED_PILLAR["kvmcluster"], DEFAULTS)
+    with pytest.raises(model.CommandExecutionError, match="node 'kvm99' is not in pillar"):
+        model.node_view(built, "kvm99")
+
+
+# ---- property: any well-formed cluster validates and resolves every node ------------
+
+names = st.lists(st.from_regex(r"\A[a-z][a-z0-9]{0,10}\Z"), min_size=1, max_size=12, unique=True)
+
+
+@st.composite
+def clusters(draw):
+    prefix = draw(st.integers(min_value=16, max_value=28))
+    base = draw(st.integers(min_value=0, max_value=2**32 - 1))
+    net = ipaddress.ip_network((base >> (32 - prefix) << (32 - prefix), prefix))
+    node_ids = draw(names)
+    hosts = draw(st.lists(st.integers(min_value=1, max_value=net.num_addresses - 2),
+                          min_size=len(node_ids) + 1, max_size=len(node_ids) + 1, unique=True))
+    gw = net.network_address + hosts[0]
+    nodes = {}
+    for nid, h in zip(node_ids, hosts[1:]):
+        entry = {"ip": f"{net.network_address + h}/{prefix}"}
+        if draw(st.booleans()):
+            entry["nic"] = draw(st.sampled_from(["eth0", "eno1", "ens3"]))
+            entry["mtu"] = draw(st.integers(min_value=576, max_value=9216))
+        else:
+            entry["bond"] = {"slaves": draw(st.lists(st.sampled_from(["eno1", "eno2", "eno3"]),
+                                                     min_size=1, max_size=3, unique=True)),
+                             "mode": draw(st.sampled_from(sorted(model.HASHING_MODES)))}
+        nodes[nid] = entry
+    secondary = draw(st.booleans())
+    pillar = {
+        "subnets": [str(net)], "gateway": str(gw), "dns_servers": [str(gw)],
+        "bond": {"miimon": draw(st.sampled_from([0, 50, 100]))},
+        "nodes": nodes,
+        "storage": {"primary": {"path": draw(st.sampled_from(["/data01/primary", "/srv/vm"]))},
+                    "secondary": {"enabled": secondary, "server": node_ids[0],
+                                  "export_path": "/export/secondary",
+                                  "mountpoint": "/mnt/secondary"}},
+    }
+    return pillar
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(clusters())
+def test_valid_models_build(pillar):
+    built, errors = model.build(pillar, DEFAULTS)
+    assert [str(e) for e in errors] == []
+    assert set(built["nodes"]) == set(pillar["nodes"])
+    for nid, n in built["nodes"].items():
+        assert n["address"] == pillar["nodes"][nid]["ip"]
+        assert n["bridge"]["mtu"] == n["port"]["mtu"]
