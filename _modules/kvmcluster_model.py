@@ -293,8 +293,9 @@ def _check_cluster(errors, c):
         for k, v in c["sysctl"].items():
             if not _SYSCTL.match(str(k)):
                 errors.add(None, f"{ROOT}:sysctl:{k}", "is not a sysctl key (e.g. vm.swappiness)")
-            elif isinstance(v, (dict, list)) or v is None:
-                errors.add(None, f"{ROOT}:sysctl:{k}", f"value must be a scalar, got {v!r}")
+            elif isinstance(v, (dict, list)):
+                # null is allowed: it drops a default key from management.
+                errors.add(None, f"{ROOT}:sysctl:{k}", f"value must be a scalar or null, got {v!r}")
     for k in ("hardware_virtualization", "storage_mounted"):
         if c["preflight"].get(k) not in STRICTNESS:
             errors.add(None, f"{ROOT}:preflight:{k}",

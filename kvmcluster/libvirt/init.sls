@@ -1,4 +1,8 @@
 # -*- coding: utf-8 -*-
 # vim: ft=sls
 include:
-  - kvmcluster.model
+  - .config
+  - .service
+  - .account
+  - .sysctl
+  - .security

@@ -5,6 +5,7 @@ The lab writes a pillar that models its own rack the way an operator would model
 """
 import os
 import subprocess
+from pathlib import Path
 
 import yaml
 
@@ -23,9 +24,14 @@ def lab_pillar(nodes):
             "subnets": [net.SUBNET],
             "gateway": net.GATEWAY,
             "dns_servers": [net.MGMT_IP],
-            "storage": {"primary": {"name": "default", "path": "/data01/primary"}},
+            "storage": {"primary": {"name": "default", "path": "/data01/primary",
+                                    "min_free_gb": 1}},
             # Lab-only: /dev/kvm here cannot run guests, so missing vmx/svm is a warning.
             "preflight": {"hardware_virtualization": "warn"},
+            # Lab-only: container nodes share the host's vm.* settings (read-only there).
+            "sysctl": {"vm.swappiness": None, "net.core.somaxconn": 1024},
+            "account": {"name": "kvmadmin", "create": True,
+                        "ssh_keys": [Path(str(paths.SSH_KEY) + ".pub").read_text().strip()]},
             "nodes": {
                 n.name: {"ip": f"{n.ip}/{net.PREFIXLEN}", "nic": "eth0"} for n in nodes
             },

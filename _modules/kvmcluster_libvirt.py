@@ -1,0 +1,208 @@
+"""
+libvirt daemon configuration of a kvmcluster node: libvirtd.conf managed key by key, socket
+unit drop-ins, and systemd unit control (argv lists, no shell).
+"""
+import os
+import re
+
+from salt.exceptions import CommandExecutionError
+
+__virtualname__ = "kvmcluster_libvirt"
+
+DROPIN_NAME = "kvmcluster.conf"
+_KEY = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def render_value(value):
+    """
+    A Python value in libvirt's config syntax: ints bare, strings quoted, lists bracketed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kvmcluster_libvirt.render_value libvirt
+    """
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(render_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def conf_read(path):
+    """
+    The keys set (not commented out) in a libvirt config file, as raw value strings.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kvmcluster_libvirt.conf_read /etc/libvirt/libvirtd.conf
+    """
+    out = {}
+    if not os.path.exists(path):
+        return out
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            m = _KEY.match(line)
+            if m and not line.lstrip().startswith("#"):
+                out[m.group(1)] = m.group(2)
+    return out
+
+
+def conf_diff(path, settings):
+    """
+    ``{key: {"old": raw or None, "new": raw}}`` for each key of ``settings`` whose value in
+    ``path`` differs.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kvmcluster_libvirt.conf_diff /etc/libvirt/libvirtd.conf '{listen_tls: 0}'
+    """
+    cur = conf_read(path)
+    diff = {}
+    for key, value in settings.items():
+        new = render_value(value)
+        if cur.get(key) != new:
+            diff[key] = {"old": cur.get(key), "new": new}
+    return diff
+
+
+def conf_write(path, settings, sep=" = "):
+    """
+    Set each key of ``settings`` in ``path``: an existing line is replaced in place, a
+    missing key is appended. Other lines and comments stay as they are. ``sep`` is
+    ``" = "`` for libvirt's files and ``"="`` for shell-style environment files.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kvmcluster_libvirt.conf_write /etc/libvirt/libvirtd.conf '{listen_tls: 0}'
+    """
+    lines = []
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    pending = dict(settings)
+    for i, line in enumerate(lines):
+        m = _KEY.match(line)
+        if m and not line.lstrip().startswith("#") and m.group(1) in pending:
+            lines[i] = f"{m.group(1)}{sep}{render_value(pending.pop(m.group(1)))}"
+    if pending:
+        lines.append("")
+        lines.append("# Set by kvmcluster (pillar kvmcluster:libvirt).")
+        lines += [f"{k}{sep}{render_value(v)}" for k, v in pending.items()]
+    _atomic_write(path, "\n".join(lines) + "\n")
+    return sorted(settings)
+
+
+def _atomic_write(path, text, mode=0o644):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.kvmcluster-tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def socket_dropin(group, mode):
+    """
+    The drop-in text that gives a libvirt socket unit its group and mode.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kvmcluster_libvirt.socket_dropin libvirt 0770
+    """
+    return ("# Managed by kvmcluster (pillar kvmcluster:libvirt:unix_sock_*).\n"
+            f"[Socket]\nSocketGroup={group}\nSocketMode={mode}\n")
+
+
+def dropin_path(unit):
+    """
+    Where kvmcluster's drop-in for ``unit`` lives.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kvmcluster_libvirt.dropin_path libvirtd.socket
+    """
+    return f"/etc/systemd/system/{unit}.d/{DROPIN_NAME}"
+
+
+def file_text(path):
+    """
+    A file's text, or None when it does not exist.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kvmcluster_libvirt.file_text /etc/libvirt/libvirtd.conf
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
+
+
+def write_file(path, text):
+    """
+    Write ``text`` to ``path`` atomically.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kvmcluster_libvirt.write_file /etc/systemd/system/x.d/y.conf '[Socket]'
+    """
+    _atomic_write(path, text)
+    return True
+
+
+def systemctl(*args, check=True):
+    """
+    Run ``systemctl ARGS`` (argv list, no shell); returns its result dict.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kvmcluster_libvirt.systemctl is-active libvirtd.service
+    """
+    res = __salt__["cmd.run_all"](["systemctl", *args], python_shell=False,
+                                  ignore_retcode=not check)
+    if check and res["retcode"] != 0:
+        raise CommandExecutionError(f"systemctl {' '.join(args)} failed ({res['retcode']}): "
+                                    f"{res['stderr'] or res['stdout']}")
+    return res
+
+
+def unit_state(unit):
+    """
+    ``{"exists", "enabled", "active"}`` of a systemd unit.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kvmcluster_libvirt.unit_state libvirtd.service
+    """
+    load = systemctl("show", "--property=LoadState", "--value", unit, check=False)["stdout"]
+    enabled = systemctl("is-enabled", unit, check=False)["stdout"].strip()
+    active = systemctl("is-active", unit, check=False)["stdout"].strip()
+    return {"exists": load.strip() not in ("not-found", ""), "enabled": enabled,
+            "active": active == "active"}

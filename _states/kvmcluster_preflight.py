@@ -1,0 +1,113 @@
+"""
+Preflight: can this node be a KVM host of the cluster? Checks, changes nothing.
+
+Each failed check is a reason in the comment; ``preflight:*`` strictness in the model turns
+the hardware-virtualization and storage checks into warnings (for nested or lab setups).
+"""
+import os
+
+__virtualname__ = "kvmcluster_preflight"
+
+SUPPORTED = {
+    "Debian": {"Debian": ["12"], "Ubuntu": ["22.04", "24.04"]},
+    "RedHat": {"RedHat": ["8", "9"], "Rocky": ["8", "9"], "AlmaLinux": ["8", "9"],
+               "CentOS Stream": ["9"]},
+}
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _mountpoint(path, mountinfo="/proc/self/mountinfo"):
+    """The mount point that holds ``path`` (which need not exist yet)."""
+    points = []
+    with open(mountinfo, encoding="utf-8") as fh:
+        for line in fh:
+            points.append(line.split()[4].replace("\\040", " "))
+    path = os.path.normpath(path)
+    best = "/"
+    for p in points:
+        if (path == p or path.startswith(p.rstrip("/") + "/")) and len(p) > len(best):
+            best = p
+    return best
+
+
+def _existing_ancestor(path):
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def checks(view):
+    """(failures, warnings, facts) for this node against the model's view."""
+    fails, warns, facts = [], [], {}
+    pf = view["preflight"]
+
+    def problem(kind, msg):
+        (warns if pf.get(kind) == "warn" else fails).append(msg)
+
+    family, osname = __grains__.get("os_family"), __grains__.get("os")
+    release = str(__grains__.get("osrelease", ""))
+    major = str(__grains__.get("osmajorrelease", ""))
+    facts["os"] = f"{osname} {release}"
+    if family not in SUPPORTED:
+        fails.append(f"OS family {family} ({osname} {release}) is not supported: "
+                     "Debian/Ubuntu or RHEL/Rocky/Alma")
+    elif not any(v in (release, major) for v in SUPPORTED[family].get(osname, [])):
+        warns.append(f"{osname} {release} is not a tested release "
+                     f"({'; '.join(f'{k} {v}' for k, v in SUPPORTED[family].items())})")
+    if not __salt__["kvmcluster_node.systemd_running"]():
+        fails.append("systemd is not running as init: services cannot be managed or trusted")
+
+    flags = __salt__["kvmcluster_node.cpu_flags"]()
+    facts["cpu_flags"] = flags
+    if not flags:
+        problem("hardware_virtualization", "the CPU advertises no vmx or svm flag: enable "
+                "VT-x/AMD-V in the firmware (or nested virtualization)")
+    kvm = __salt__["kvmcluster_node.kvm_device"]()
+    facts["kvm_device"] = kvm["reason"]
+    if not kvm["usable"]:
+        problem("hardware_virtualization", f"/dev/kvm is not usable ({kvm['reason']}): load "
+                "kvm_intel or kvm_amd")
+
+    path = view["storage"]["primary"]["path"]
+    mp = _mountpoint(path)
+    facts["primary_mount"] = mp
+    if mp == "/":
+        problem("storage_mounted", f"primary storage {path} is on the root filesystem, not on a "
+                "mounted data volume: mount it (e.g. /data01) at the same path on every node")
+    anc = _existing_ancestor(path)
+    st = os.statvfs(anc)
+    free_gb = st.f_bavail * st.f_frsize / 2**30
+    facts["primary_free_gb"] = round(free_gb, 1)
+    need = view["storage"]["primary"]["min_free_gb"]
+    if free_gb < need:
+        problem("storage_mounted", f"primary storage {path} has {free_gb:.1f} GiB free, "
+                f"less than storage:primary:min_free_gb ({need})")
+    return fails, warns, facts
+
+
+def checked(name):
+    """
+    Fail with every reason this node cannot be a KVM host of the cluster: OS family and
+    release, systemd, vmx/svm and /dev/kvm, the primary storage path on a mounted volume with
+    enough free space. Changes nothing, so test=True gives the same verdict.
+
+    name
+        Any; reported back.
+    """
+    ret = {"name": name, "changes": {}, "result": True, "comment": ""}
+    try:
+        view = __salt__["kvmcluster_model.current"]()
+        fails, warns, facts = checks(view)
+    except Exception as exc:  # pylint: disable=broad-except
+        ret.update(result=False, comment=f"preflight could not run: {exc}")
+        return ret
+    node = view["self"]["name"]
+    lines = [f"preflight of {node}: " + ", ".join(f"{k}={v}" for k, v in facts.items())]
+    lines += [f"FAIL: {m}" for m in fails] + [f"WARN: {m}" for m in warns]
+    ret["comment"] = "\n".join(lines)
+    ret["result"] = not fails
+    ret["warnings"] = warns
+    return ret
