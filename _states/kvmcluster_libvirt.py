@@ -181,7 +181,7 @@ def _units(service, sockets):
     return [u for u in [*sockets, service] if u]
 
 
-def running(name, service, sockets=()):
+def running(name, service, sockets=(), started_by_package=False):
     """
     The daemon ``service`` and its ``sockets`` are enabled and active under systemd.
 
@@ -191,6 +191,9 @@ def running(name, service, sockets=()):
         The daemon's unit (libvirtd.service); empty with modular daemons.
     sockets
         Its socket units.
+    started_by_package
+        The OS's packages enable and start their units (Debian/Ubuntu), so under test=True
+        a unit still to be installed is predicted to need nothing from this state.
     """
     ret = _ret(name)
     try:
@@ -204,7 +207,8 @@ def running(name, service, sockets=()):
             if not st["exists"]:
                 if __opts__["test"]:
                     # The packages that bring it are still to be installed in this run.
-                    plan[unit] = {"old": "absent", "new": "enabled/active"}
+                    if not started_by_package:
+                        plan[unit] = {"old": "absent", "new": "enabled/active"}
                     continue
                 ret.update(result=False, comment=f"unit {unit} does not exist (is libvirt "
                            "installed?)")

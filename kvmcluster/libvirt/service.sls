@@ -11,6 +11,7 @@ kvmcluster-libvirt-service-running:
   kvmcluster_libvirt.running:
     - service: {{ lv.service }}
     - sockets: {{ lv.sockets | json }}
+    - started_by_package: {{ lv.started_by_package | json }}
     - require:
       - kvmcluster_libvirt: kvmcluster-libvirt-sockets-managed
 

@@ -112,8 +112,37 @@ def up(containers=3, vms=0, timeout=None):
         if not wait_port(n.ip, 22, deadline):
             raise RuntimeError(f"{n.name} did not answer on {n.ip}:22 within {budget}s; "
                                f"see {nodes.node_dir(n)}")
+        # sshd answers before boot is over; a node is up when systemd says so.
+        _wait_booted(n, deadline)
     say(f"lab up: {len(rack)} nodes in {time.monotonic() - t0:.0f}s")
     return load_state()
+
+
+def _node_ssh(n, command, timeout):
+    return subprocess.run(
+        ["ip", "netns", "exec", net.CONTROLLER, "ssh", "-i", str(paths.SSH_KEY),
+         "-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no",
+         "-o", "LogLevel=ERROR", f"root@{n.ip}", command],
+        capture_output=True, text=True, check=False, timeout=timeout)
+
+
+def _wait_booted(n, deadline):
+    """Wait for systemd to finish booting the node; retry failed units once.
+
+    Container nodes on this host's hybrid cgroup setup now and then fail a oneshot unit
+    with status 219/CGROUP at boot; starting it again succeeds.
+    """
+    for attempt in range(2):
+        left = max(5, int(deadline - time.monotonic()))
+        res = _node_ssh(n, f"timeout {left} systemctl is-system-running --wait; "
+                           "systemctl --failed --plain --no-legend", left + 15)
+        if res.stdout.split()[:1] == ["running"]:
+            return
+        failed = [line.split()[0] for line in res.stdout.splitlines()[1:] if line.strip()]
+        if attempt == 0 and failed:
+            say(f"{n.name}: retrying units that failed at boot: {', '.join(failed)}")
+            _node_ssh(n, "systemctl reset-failed; systemctl start " + " ".join(failed), 60)
+    raise RuntimeError(f"{n.name} did not boot cleanly: {res.stdout.strip()} {res.stderr.strip()}")
 
 
 def supervise():

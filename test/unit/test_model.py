@@ -8,7 +8,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import SEED_PILLAR, formula_values, load_module
+from kvmtestlib import SEED_PILLAR, formula_values, load_module
 
 CASES = yaml.safe_load((Path(__file__).parents[1] / "data/bad_pillars.yaml").read_text())
 DELETE = "~DELETE~"

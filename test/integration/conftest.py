@@ -1,0 +1,48 @@
+"""The lab tier: a real rack on this machine (see test/lab), brought up once per session,
+driven over real salt-ssh, torn down at the end whatever happened."""
+import subprocess
+
+import pytest
+
+from lab import control, net, paths, report, saltcfg, spec
+
+
+def ssh(node_ip, command, check=True, input=None, timeout=300):
+    argv = ["ip", "netns", "exec", net.CONTROLLER, "ssh", "-i", str(paths.SSH_KEY),
+            "-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no",
+            "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10", f"root@{node_ip}", command]
+    res = subprocess.run(argv, capture_output=True, text=True, input=input, timeout=timeout,
+                         check=False)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{command!r} on {node_ip} failed ({res.returncode}): "
+                             f"{res.stderr}{res.stdout}")
+    return res.stdout
+
+
+class Lab:
+    def __init__(self, state):
+        self.nodes = spec.from_dicts(state["spec"])
+        self.ip = {n.name: n.ip for n in self.nodes}
+        self.pillar = saltcfg.lab_pillar(self.nodes)
+
+    def ssh(self, node, command, **kw):
+        return ssh(self.ip[node], command, **kw)
+
+    def apply(self, sls="kvmcluster", *extra):
+        return report.apply(sls, *extra)
+
+    def set_pillar(self, data):
+        saltcfg.set_pillar(data)
+
+    def reset_pillar(self):
+        saltcfg.set_pillar(self.pillar)
+
+
+@pytest.fixture(scope="session")
+def lab():
+    control.down()  # whatever an earlier run left behind
+    try:
+        state = control.up(containers=3)
+        yield Lab(state)
+    finally:
+        control.down()

@@ -1,0 +1,133 @@
+"""The formula on the 3-node lab, over real salt-ssh, asserting on the nodes' real state.
+
+Order matters: the first tests see fresh nodes.
+"""
+import json
+
+from lab.report import summarize
+
+NODES = ["kvm01", "kvm02", "kvm03"]
+
+
+def etc_fingerprint(lab, node):
+    return lab.ssh(node, "find /etc -xdev -type f -print0 | sort -z | xargs -0 sha256sum "
+                         "| sha256sum; virsh -c qemu:///system pool-list --all 2>&1 || true")
+
+
+def changes_of(result):
+    """{state id: sorted change keys} of one node's state.apply result."""
+    return {k.split("_|-")[1]: sorted(v["changes"]) for k, v in result.items()
+            if isinstance(v, dict) and v.get("changes")}
+
+
+def test_lab_is_a_rack(lab):
+    for n in NODES:
+        out = lab.ssh(n, "systemctl is-system-running; findmnt -n -o TARGET /data01; hostname")
+        assert out.split() == ["running", "/data01", n]
+
+
+def test_info_reports_each_nodes_own_view(lab):
+    results, proc = lab.apply("kvmcluster.info")
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    for n in NODES:
+        key = next(k for k in results[n] if k.endswith("_|-reported"))
+        facts = json.loads(results[n][key]["comment"])
+        assert facts["id"] == n and facts["os_family"] == "Debian" and facts["systemd"] is True
+        assert facts["kvm_device"]["exists"] is True
+        assert facts["model"]["address"] == lab.ip[n] + "/24"
+        assert facts["model"]["bridge"]["name"] == "br0"
+
+
+def test_bad_pillar_touches_no_node(lab):
+    before = {n: etc_fingerprint(lab, n) for n in NODES}
+    bad = json.loads(json.dumps(lab.pillar))
+    bad["kvmcluster"]["nodes"]["kvm03"]["ip"] = "172.30.10.42/24"  # kvm02's address
+    bad["kvmcluster"]["bond"] = {"mode": "802.3ab"}
+    lab.set_pillar(bad)
+    try:
+        results, proc = lab.apply()
+    finally:
+        lab.reset_pillar()
+    assert proc.returncode != 0
+    for n in NODES:
+        s = summarize(results[n])
+        assert s["changed"] == 0
+        comment = results[n][next(k for k in results[n] if "model-validated" in k)]["comment"]
+        assert "[kvm03] kvmcluster:nodes:kvm03:ip: 172.30.10.42 is also the address of node " \
+               "kvm02" in comment
+        assert "kvmcluster:bond:mode: '802.3ab' is not a bonding mode" in comment
+        # failhard: nothing after the model ran
+        assert all(not v.get("__run_num__") or "model-validated" in k or v["result"] is False
+                   for k, v in results[n].items())
+    after = {n: etc_fingerprint(lab, n) for n in NODES}
+    assert after == before
+
+
+def test_test_mode_predicts_the_real_run_then_zero_changes(lab):
+    predicted, proc = lab.apply("kvmcluster", "test=True")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    applied, proc = lab.apply()
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    again, proc = lab.apply()
+    assert proc.returncode == 0
+    for n in NODES:
+        assert summarize(applied[n])["failed"] == 0, summarize(applied[n])
+        pred, real = changes_of(predicted[n]), changes_of(applied[n])
+        # The restart follows the config change; under test it is predicted the same way.
+        assert set(pred) == set(real), (pred, real)
+        for sid in ("kvmcluster-libvirt-config-managed", "kvmcluster-storage-primary-pool-present",
+                    "kvmcluster-libvirt-account-present"):
+            assert pred[sid] == real[sid], sid
+        assert summarize(again[n])["changed"] == 0, summarize(again[n])["changed_ids"]
+
+
+POOL_PY = r"""
+import json, libvirt, xml.etree.ElementTree as ET
+c = libvirt.open("qemu:///system")
+p = c.storagePoolLookupByName("default")
+x = ET.fromstring(p.XMLDesc(0))
+print(json.dumps({"active": p.isActive(), "autostart": p.autostart(), "type": x.get("type"),
+                  "path": x.findtext("target/path")}))
+"""
+
+
+def test_libvirtd_and_the_primary_pool(lab):
+    for n in NODES:
+        assert lab.ssh(n, "systemctl is-active libvirtd.service libvirtd.socket "
+                          "libvirtd-ro.socket").split() == ["active"] * 3
+        assert lab.ssh(n, "systemctl is-enabled libvirtd-tcp.socket libvirtd-tls.socket",
+                       check=False).split() == ["disabled", "disabled"]
+        assert lab.ssh(n, "stat -c '%G %a' /run/libvirt/libvirt-sock").split() == ["libvirt", "770"]
+        pool = json.loads(lab.ssh(n, "python3 -", input=POOL_PY))
+        assert pool == {"active": 1, "autostart": 1, "type": "dir", "path": "/data01/primary"}
+        assert "kvmadmin" in lab.ssh(n, "getent group libvirt")
+
+
+def test_hand_changed_pool_is_reported_and_corrected(lab):
+    lab.ssh("kvm02", "virsh pool-destroy default && virsh pool-undefine default && "
+                     "virsh pool-define-as default dir --target /var/lib/libvirt/images && "
+                     "virsh pool-start default && virsh pool-autostart default")
+    predicted, _ = lab.apply("kvmcluster", "test=True")
+    key = next(k for k in predicted["kvm02"] if "primary-pool-present" in k)
+    assert predicted["kvm02"][key]["changes"] == {
+        "target": {"old": "/var/lib/libvirt/images", "new": "/data01/primary"}}
+    assert "drift from the model in target" in predicted["kvm02"][key]["comment"]
+    applied, proc = lab.apply()
+    assert proc.returncode == 0
+    assert "corrected drift in target" in applied["kvm02"][key]["comment"]
+    for n in ("kvm01", "kvm03"):
+        assert summarize(applied[n])["changed"] == 0
+    pool = json.loads(lab.ssh("kvm02", "python3 -", input=POOL_PY))
+    assert pool["path"] == "/data01/primary" and pool["active"] and pool["autostart"]
+
+
+def test_unmounted_storage_stops_at_preflight(lab):
+    lab.ssh("kvm03", "umount /data01")
+    results, proc = lab.apply()
+    assert proc.returncode != 0
+    pre = results["kvm03"][next(k for k in results["kvm03"] if "preflight-checked" in k)]
+    assert pre["result"] is False
+    assert "FAIL: primary storage /data01/primary is on the root filesystem" in pre["comment"]
+    assert summarize(results["kvm03"])["changed"] == 0
+    for n in ("kvm01", "kvm02"):
+        assert summarize(results[n])["failed"] == 0

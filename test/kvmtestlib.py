@@ -1,0 +1,43 @@
+"""Helpers shared by the tiers: repository paths, the formula's defaults, the seed pillar."""
+import copy
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_module(kind, name):
+    """Import a custom Salt module from _modules/ or _states/ as a plain Python module."""
+    path = REPO / kind / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"kvmtest_{kind}_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def formula_values():
+    return yaml.safe_load((REPO / "kvmcluster/parameters/defaults.yaml").read_text())["values"]
+
+
+SEED_PILLAR = yaml.safe_load((REPO / "pillar.example").read_text()) \
+    if (REPO / "pillar.example").exists() else None
+
+
+@pytest.fixture
+def model_mod():
+    return load_module("_modules", "kvmcluster_model")
+
+
+@pytest.fixture
+def cluster_defaults():
+    return formula_values()["cluster"]
+
+
+@pytest.fixture
+def seed_pillar():
+    return copy.deepcopy(SEED_PILLAR["kvmcluster"])

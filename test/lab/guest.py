@@ -1,0 +1,70 @@
+"""A tiny guest for the lab: the node image's Debian kernel plus a busybox initrd that
+prints a marker on its serial console and powers off. Boots in seconds under TCG."""
+import subprocess
+import tempfile
+from pathlib import Path
+
+from . import image
+
+MARKER = "KVMCLUSTER-GUEST-UP"
+INIT = f"""#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+echo "{MARKER} kernel=$(/bin/busybox uname -r) cpus=$(/bin/busybox nproc)"
+/bin/busybox poweroff -f
+"""
+
+
+def _newc(entries):
+    """A cpio archive in the kernel's initramfs (newc) format."""
+    out = bytearray()
+
+    def pad(n):
+        return b"\0" * ((4 - n % 4) % 4)
+
+    for ino, (name, mode, data, rdev) in enumerate([*entries, ("TRAILER!!!", 0, b"", (0, 0))], 1):
+        fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name) + 1, 0]
+        head = b"070701" + b"".join(f"{f:08x}".encode() for f in fields)
+        out += head + name.encode() + b"\0"
+        out += pad(len(head) + len(name) + 1)
+        out += data + pad(len(data))
+    return bytes(out)
+
+
+def initrd():
+    deb = next(image.repo_dir().glob("busybox-static_*.deb"))
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["dpkg-deb", "-x", str(deb), tmp], check=True)
+        busybox = (Path(tmp) / "bin/busybox").read_bytes()
+    d, f = 0o040755, 0o100755
+    return _newc([
+        ("bin", d, b"", (0, 0)), ("dev", d, b"", (0, 0)), ("proc", d, b"", (0, 0)),
+        ("dev/console", 0o020600, b"", (5, 1)),
+        ("bin/busybox", f, busybox, (0, 0)), ("init", f, INIT.encode(), (0, 0)),
+    ])
+
+
+def domain_xml(name, pool, volume, kernel, initrd_path, console_log):
+    return f"""<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>192</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{kernel}</kernel>
+    <initrd>{initrd_path}</initrd>
+    <cmdline>console=ttyS0 panic=-1</cmdline>
+  </os>
+  <on_reboot>destroy</on_reboot>
+  <devices>
+    <disk type='volume' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source pool='{pool}' volume='{volume}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <serial type='file'>
+      <source path='{console_log}'/>
+      <target port='0'/>
+    </serial>
+  </devices>
+</domain>
+"""
