@@ -629,6 +629,8 @@ def validate(parameters=None, pillar=None):
     """
     data = __pillar__.get(ROOT, {}) if pillar is None else pillar
     model, errors = build(data, _defaults(parameters))
+    if errors:
+        __context__["retcode"] = 1  # salt-call exits non-zero on an invalid model
     return {"valid": not errors, "errors": [str(e) for e in errors],
             "nodes": sorted(model["nodes"]) if model else []}
 

@@ -1,6 +1,8 @@
 """The lab tier: a real rack on this machine (see test/lab), brought up once per session,
 driven over real salt-ssh, torn down at the end whatever happened."""
+import os
 import subprocess
+import sys
 
 import pytest
 
@@ -30,6 +32,12 @@ class Lab:
 
     def apply(self, sls="kvmcluster", *extra):
         return report.apply(sls, *extra)
+
+    def validate(self):
+        """`lab validate`: salt-call --local on the management node, no host touched."""
+        return subprocess.run([sys.executable, "-m", "lab", "validate"], capture_output=True,
+                              text=True, check=False, timeout=300,
+                              env={**os.environ, "PYTHONPATH": str(paths.REPO_ROOT / "test")})
 
     def set_pillar(self, data):
         saltcfg.set_pillar(data)

@@ -2,6 +2,7 @@
 import argparse
 import json
 import os
+import subprocess
 import sys
 
 from . import control, net, paths, report, saltcfg, spec
@@ -23,6 +24,7 @@ def main(argv=None):
     p_salt = sub.add_parser("salt", help="salt-ssh with the lab's Saltfile")
     p_salt.add_argument("args", nargs=argparse.REMAINDER)
     sub.add_parser("info", help="each node's own view (kvmcluster_node.info) as JSON")
+    sub.add_parser("validate", help="validate the lab's pillar on the management node only")
     sub.add_parser("demo", help="up, apply, summary per node, how to reach the nodes")
     sub.add_parser("_supervise")
     a = ap.parse_args(argv)
@@ -35,6 +37,11 @@ def main(argv=None):
         print(json.dumps(control.status(), indent=1))
     elif a.cmd == "info":
         print(json.dumps(report.info(), indent=1, sort_keys=True))
+    elif a.cmd == "validate":
+        os.environ["PATH"] = f"{saltcfg.VENV_BIN}:/usr/sbin:/usr/bin:/sbin:/bin"
+        for step in (["saltutil.sync_modules"], ["kvmcluster_model.validate", "--retcode-passthrough"]):
+            res = subprocess.run(saltcfg.salt_call_argv(*step), check=False)
+        sys.exit(res.returncode)
     elif a.cmd == "demo":
         sys.exit(report.demo())
     elif a.cmd == "_supervise":

@@ -54,6 +54,10 @@ def write(nodes, extra_pillar=None):
         "log_level_logfile": "info",
     }
     (SALT_DIR / "master").write_text(yaml.safe_dump(master, sort_keys=False))
+    # For `salt-call --local` on the management node (validation without touching hosts).
+    minion = {k: v for k, v in master.items() if k not in ("ssh_log_file",)}
+    minion.update(id="management", file_client="local", log_file=str(SALT_DIR / "minion.log"))
+    (SALT_DIR / "minion").write_text(yaml.safe_dump(minion, sort_keys=False))
     roster = {}
     for n in nodes:
         roster[n.name] = {
@@ -85,6 +89,10 @@ def write(nodes, extra_pillar=None):
 def set_pillar(data):
     """Replace the lab's pillar (tests use this for bad or changed pillar)."""
     (PILLAR_DIR / "kvmcluster.sls").write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def salt_call_argv(*args):
+    return [str(VENV_BIN / "salt-call"), "--local", f"--config-dir={SALT_DIR}", *args]
 
 
 def salt_ssh_argv(*args):
