@@ -43,7 +43,7 @@ test-lab: deps
 	bash test/run-tests.sh lab
 
 lab: deps
-	$(LAB) $(ARGS)
+	@$(LAB) $(ARGS)
 
 lab-up: deps
 	$(LAB) up

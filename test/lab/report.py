@@ -64,7 +64,7 @@ def demo():
     print("\n== summary per node")
     summaries = re.findall(r"Summary for (\S+)\n-+\nSucceeded: (\d+)(?: \(changed=(\d+)\))?\n"
                            r"Failed:\s+(\d+)", proc.stdout)
-    for node, ok, changed, failed in summaries:
+    for node, ok, changed, failed in sorted(summaries):
         print(f"  {node}: succeeded={ok} changed={changed or 0} failed={failed}")
     print(f"  state.apply took {apply_s:.0f}s; demo {time.monotonic() - t0:.0f}s in all")
     st = control.load_state()
