@@ -1,11 +1,9 @@
 """
-libvirt daemon configuration of a kvmcluster node: libvirtd.conf managed key by key, socket
-unit drop-ins, and systemd unit control (argv lists, no shell).
+libvirt daemon configuration of a kvmcluster node: libvirtd.conf managed key by key and
+socket unit drop-ins.
 """
 import os
 import re
-
-from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "kvmcluster_libvirt"
 
@@ -102,17 +100,8 @@ def conf_write(path, settings, sep=" = "):
         lines.append("")
         lines.append("# Set by kvmcluster (pillar kvmcluster:libvirt).")
         lines += [f"{k}{sep}{render_value(v)}" for k, v in pending.items()]
-    _atomic_write(path, "\n".join(lines) + "\n")
+    __salt__["kvmcluster_node.write_file"](path, "\n".join(lines) + "\n")
     return sorted(settings)
-
-
-def _atomic_write(path, text, mode=0o644):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.kvmcluster-tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 def socket_dropin(group, mode):
@@ -140,69 +129,3 @@ def dropin_path(unit):
         salt '*' kvmcluster_libvirt.dropin_path libvirtd.socket
     """
     return f"/etc/systemd/system/{unit}.d/{DROPIN_NAME}"
-
-
-def file_text(path):
-    """
-    A file's text, or None when it does not exist.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt '*' kvmcluster_libvirt.file_text /etc/libvirt/libvirtd.conf
-    """
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read()
-    except FileNotFoundError:
-        return None
-
-
-def write_file(path, text):
-    """
-    Write ``text`` to ``path`` atomically.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt '*' kvmcluster_libvirt.write_file /etc/systemd/system/x.d/y.conf '[Socket]'
-    """
-    _atomic_write(path, text)
-    return True
-
-
-def systemctl(*args, check=True):
-    """
-    Run ``systemctl ARGS`` (argv list, no shell); returns its result dict.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt '*' kvmcluster_libvirt.systemctl is-active libvirtd.service
-    """
-    res = __salt__["cmd.run_all"](["systemctl", *args], python_shell=False,
-                                  ignore_retcode=not check)
-    if check and res["retcode"] != 0:
-        raise CommandExecutionError(f"systemctl {' '.join(args)} failed ({res['retcode']}): "
-                                    f"{res['stderr'] or res['stdout']}")
-    return res
-
-
-def unit_state(unit):
-    """
-    ``{"exists", "enabled", "active"}`` of a systemd unit.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt '*' kvmcluster_libvirt.unit_state libvirtd.service
-    """
-    load = systemctl("show", "--property=LoadState", "--value", unit, check=False)["stdout"]
-    enabled = systemctl("is-enabled", unit, check=False)["stdout"].strip()
-    active = systemctl("is-active", unit, check=False)["stdout"].strip()
-    return {"exists": load.strip() not in ("not-found", ""), "enabled": enabled,
-            "active": active == "active"}

@@ -553,6 +553,9 @@ def _check_storage(errors, c, nodes):
     if pri_ok and exp_ok and _nested(pri["path"], sec["export_path"]):
         errors.add(None, f"{k}:secondary:export_path", f"{sec['export_path']} and the primary "
                    f"pool path {pri['path']} are nested; they must be separate trees")
+    if exp_ok and mnt_ok and sec["export_path"] == sec["mountpoint"]:
+        errors.add(None, f"{k}:secondary:mountpoint", f"{sec['mountpoint']} is also the export "
+                   "path; the server bind-mounts its export at the mountpoint, so they differ")
     if pri_ok and mnt_ok and _nested(pri["path"], sec["mountpoint"]):
         errors.add(None, f"{k}:secondary:mountpoint", f"{sec['mountpoint']} and the primary "
                    f"pool path {pri['path']} are nested; they must be separate trees")

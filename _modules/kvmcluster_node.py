@@ -1,6 +1,7 @@
 """
 What a kvmcluster node is, seen from the node itself: CPU virtualization flags, /dev/kvm,
-OS family, the libvirt Python binding, systemd, and its own entry of the cluster model.
+OS family, the libvirt Python binding, systemd, and its own entry of the cluster model;
+and the small host primitives the states share (files, systemd units; argv, no shell).
 """
 import importlib.util
 import os
@@ -110,3 +111,74 @@ def info(node_model=None):
         "systemd": systemd_running(),
         "model": node_model,
     }
+
+
+def file_text(path):
+    """
+    A file's text, or None when it does not exist.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kvmcluster_node.file_text /etc/libvirt/libvirtd.conf
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
+
+
+def write_file(path, text):
+    """
+    Write ``text`` to ``path`` atomically.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kvmcluster_node.write_file /etc/systemd/system/x.d/y.conf '[Socket]'
+    """
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.kvmcluster-tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)  # atomic: readers see the old or the new file, never half
+    return True
+
+
+def systemctl(*args, check=True):
+    """
+    Run ``systemctl ARGS`` (argv list, no shell); returns its result dict.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kvmcluster_node.systemctl is-active libvirtd.service
+    """
+    res = __salt__["cmd.run_all"](["systemctl", *args], python_shell=False,
+                                  ignore_retcode=not check)
+    if check and res["retcode"] != 0:
+        raise CommandExecutionError(f"systemctl {' '.join(args)} failed ({res['retcode']}): "
+                                    f"{res['stderr'] or res['stdout']}")
+    return res
+
+
+def unit_state(unit):
+    """
+    ``{"exists", "enabled", "active"}`` of a systemd unit.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kvmcluster_node.unit_state libvirtd.service
+    """
+    load = systemctl("show", "--property=LoadState", "--value", unit, check=False)["stdout"]
+    enabled = systemctl("is-enabled", unit, check=False)["stdout"].strip()
+    active = systemctl("is-active", unit, check=False)["stdout"].strip()
+    return {"exists": load.strip() not in ("not-found", ""), "enabled": enabled,
+            "active": active == "active"}

@@ -87,9 +87,9 @@ def config_managed(name, path, rw_sockets=(), ro_sockets=(), env_file=None, env=
             for unit in sockets:
                 p = __salt__["kvmcluster_libvirt.dropin_path"](unit)
                 text = __salt__["kvmcluster_libvirt.socket_dropin"](lv["unix_sock_group"], mode)
-                if __salt__["kvmcluster_libvirt.file_text"](p) != text:
+                if __salt__["kvmcluster_node.file_text"](p) != text:
                     dropins[p] = text
-                    changes[p] = {"old": "absent" if __salt__["kvmcluster_libvirt.file_text"](p)
+                    changes[p] = {"old": "absent" if __salt__["kvmcluster_node.file_text"](p)
                                   is None else "differs", "new": f"SocketGroup="
                                   f"{lv['unix_sock_group']} SocketMode={mode}"}
     except Exception as exc:  # pylint: disable=broad-except
@@ -107,14 +107,14 @@ def config_managed(name, path, rw_sockets=(), ro_sockets=(), env_file=None, env=
         if env_diff:
             __salt__["kvmcluster_libvirt.conf_write"](env_file, env, sep="=")
         for p, text in dropins.items():
-            __salt__["kvmcluster_libvirt.write_file"](p, text)
+            __salt__["kvmcluster_node.write_file"](p, text)
         if dropins:
-            __salt__["kvmcluster_libvirt.systemctl"]("daemon-reload")
+            __salt__["kvmcluster_node.systemctl"]("daemon-reload")
         left = __salt__["kvmcluster_libvirt.conf_diff"](path, settings)
         if env_diff:
             left.update(__salt__["kvmcluster_libvirt.conf_diff"](env_file, env))
         left_dropins = [p for p, t in dropins.items()
-                        if __salt__["kvmcluster_libvirt.file_text"](p) != t]
+                        if __salt__["kvmcluster_node.file_text"](p) != t]
     except Exception as exc:  # pylint: disable=broad-except
         ret.update(result=False, comment=str(exc), changes=changes)
         return ret
@@ -144,7 +144,7 @@ def sockets_managed(name, tcp_socket, tls_socket):
         for unit, on in want.items():
             if not unit:
                 continue
-            st = __salt__["kvmcluster_libvirt.unit_state"](unit)
+            st = __salt__["kvmcluster_node.unit_state"](unit)
             if not st["exists"]:
                 continue
             is_on = st["enabled"] == "enabled"
@@ -164,11 +164,11 @@ def sockets_managed(name, tcp_socket, tls_socket):
     try:
         for unit in plan:
             if want[unit]:
-                __salt__["kvmcluster_libvirt.systemctl"]("enable", "--now", unit)
+                __salt__["kvmcluster_node.systemctl"]("enable", "--now", unit)
             else:
-                __salt__["kvmcluster_libvirt.systemctl"]("disable", "--now", unit)
+                __salt__["kvmcluster_node.systemctl"]("disable", "--now", unit)
         wrong = [u for u in plan
-                 if __salt__["kvmcluster_libvirt.unit_state"](u)["active"] != want[u]]
+                 if __salt__["kvmcluster_node.unit_state"](u)["active"] != want[u]]
     except Exception as exc:  # pylint: disable=broad-except
         ret.update(result=False, comment=str(exc), changes=plan)
         return ret
@@ -203,7 +203,7 @@ def running(name, service, sockets=(), started_by_package=False):
             return ret
         plan = {}
         for unit in _units(service, sockets):
-            st = __salt__["kvmcluster_libvirt.unit_state"](unit)
+            st = __salt__["kvmcluster_node.unit_state"](unit)
             if not st["exists"]:
                 if __opts__["test"]:
                     # The packages that bring it are still to be installed in this run.
@@ -227,8 +227,8 @@ def running(name, service, sockets=(), started_by_package=False):
         return ret
     try:
         for unit in plan:
-            __salt__["kvmcluster_libvirt.systemctl"]("enable", "--now", unit)
-        down = [u for u in plan if not __salt__["kvmcluster_libvirt.unit_state"](u)["active"]]
+            __salt__["kvmcluster_node.systemctl"]("enable", "--now", unit)
+        down = [u for u in plan if not __salt__["kvmcluster_node.unit_state"](u)["active"]]
     except Exception as exc:  # pylint: disable=broad-except
         ret.update(result=False, comment=str(exc), changes=plan)
         return ret
@@ -259,9 +259,9 @@ def restarted(name, service, sockets=()):
                    comment=f"{', '.join(units)} would be restarted")
         return ret
     try:
-        __salt__["kvmcluster_libvirt.systemctl"]("stop", *reversed(units))
-        __salt__["kvmcluster_libvirt.systemctl"]("start", *units)
-        down = [u for u in units if not __salt__["kvmcluster_libvirt.unit_state"](u)["active"]]
+        __salt__["kvmcluster_node.systemctl"]("stop", *reversed(units))
+        __salt__["kvmcluster_node.systemctl"]("start", *units)
+        down = [u for u in units if not __salt__["kvmcluster_node.unit_state"](u)["active"]]
     except Exception as exc:  # pylint: disable=broad-except
         ret.update(result=False, comment=str(exc))
         return ret

@@ -36,8 +36,6 @@ def validated(name, parameters):
 
 # What each not-yet-built component of the model would manage, and when the model asks for it.
 _PENDING = {
-    "nfs": ("secondary storage over NFS (kvmcluster:storage:secondary)",
-            lambda v: v["storage"]["secondary"]["enabled"]),
     "network": ("the bridge takeover (kvmcluster:bridge, nodes:*:nic/bond)", lambda v: False),
 }
 
@@ -50,7 +48,7 @@ def component_pending(name, component):
     name
         Any; reported back.
     component
-        ``nfs`` or ``network``.
+        ``network``.
     """
     what, asked = _PENDING[component]
     view = __salt__["kvmcluster_model.current"]()

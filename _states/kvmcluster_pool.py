@@ -14,10 +14,23 @@ def __virtual__():
 
 
 def _desired(role):
+    """The pool the model wants for ``role``, or None when it wants none."""
     view = __salt__["kvmcluster_model.current"]()
     if role == "primary":
         pri = view["storage"]["primary"]
         return {"name": pri["name"], "type": "dir", "target": pri["path"], "source": None}
+    if role == "secondary":
+        sec = view["storage"]["secondary"]
+        if not sec["enabled"]:
+            return None
+        server = view["nodes"][sec["server"]]
+        pool = {"name": sec["pool"]["name"], "type": "dir", "target": sec["mountpoint"],
+                "source": None}
+        # The server has the export bind-mounted at the mountpoint: a dir pool there.
+        if sec["pool"]["type"] == "netfs" and view["self"]["name"] != server["name"]:
+            pool.update(type="netfs", source={"host": server["ip"], "dir": sec["export_path"],
+                                              "format": "nfs"})
+        return pool
     raise ValueError(f"unknown pool role {role!r}")
 
 
@@ -40,20 +53,24 @@ def _diff(want, cur):
 
 def present(name, role="primary", uri="qemu:///system"):
     """
-    The pool of ``role`` in the cluster model (``primary``: a dir pool at
-    ``storage:primary:path`` named ``storage:primary:name``) is defined as the model says,
-    built, active and autostarted on this node.
+    The pool of ``role`` in the cluster model is defined as the model says, built, active
+    and autostarted on this node.
 
     name
         The state's name (the pool name comes from the model).
     role
-        Which pool of the model: ``primary``.
+        Which pool of the model: ``primary``, or ``secondary`` (``storage:secondary:pool``:
+        a netfs pool of the NFS export, or a dir pool over the managed mount; on the NFS
+        server always a dir pool over its bind mount).
     """
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
     try:
         want = _desired(role)
     except Exception as exc:  # pylint: disable=broad-except
         ret.update(result=False, comment=str(exc))
+        return ret
+    if want is None:
+        ret["comment"] = f"the model has no {role} pool"
         return ret
     try:
         cur = __salt__["kvmcluster_pool.describe"](want["name"], uri=uri)

@@ -66,7 +66,7 @@ def apparmor_paths(name, path):
         ret["comment"] = "AppArmor is not active on this node; nothing to do"
         return ret
     view = __salt__["kvmcluster_model.current"]()
-    cur = __salt__["kvmcluster_libvirt.file_text"](path)
+    cur = __salt__["kvmcluster_node.file_text"](path)
     new = with_block(cur, block(_pool_paths(view)))
     if cur == new:
         ret["comment"] = f"{path} allows the pool paths"
@@ -75,8 +75,8 @@ def apparmor_paths(name, path):
     if __opts__["test"]:
         ret.update(result=None, comment=f"{path} would be changed")
         return ret
-    __salt__["kvmcluster_libvirt.write_file"](path, new)
-    ok = __salt__["kvmcluster_libvirt.file_text"](path) == new
+    __salt__["kvmcluster_node.write_file"](path, new)
+    ok = __salt__["kvmcluster_node.file_text"](path) == new
     ret.update(result=ok, comment=f"{path} written; new guest profiles include it"
                if ok else f"{path} did not take the new text")
     return ret

@@ -55,15 +55,15 @@ def dropin_managed(name, path):
                 if v is not None}
     text = render(settings)
     changes = {}
-    cur_text = __salt__["kvmcluster_libvirt.file_text"](path)
+    cur_text = __salt__["kvmcluster_node.file_text"](path)
     if cur_text != text:
         changes[path] = {"old": cur_text, "new": text}
     bridge_keys = [k for k in settings if k.startswith("net.bridge.")]
     notes = []
     if bridge_keys:
         mod_text = "# Managed by kvmcluster: net.bridge.* sysctl keys need it.\nbr_netfilter\n"
-        if __salt__["kvmcluster_libvirt.file_text"](MODULES_LOAD) != mod_text:
-            changes[MODULES_LOAD] = {"old": __salt__["kvmcluster_libvirt.file_text"](MODULES_LOAD),
+        if __salt__["kvmcluster_node.file_text"](MODULES_LOAD) != mod_text:
+            changes[MODULES_LOAD] = {"old": __salt__["kvmcluster_node.file_text"](MODULES_LOAD),
                                      "new": mod_text}
     live_diff = {}
     for key, value in settings.items():
@@ -88,9 +88,9 @@ def dropin_managed(name, path):
         ret.update(result=None, changes=changes, comment=f"{len(changes)} change(s) would be made")
         return ret
     if cur_text != text:
-        __salt__["kvmcluster_libvirt.write_file"](path, text)
+        __salt__["kvmcluster_node.write_file"](path, text)
     if MODULES_LOAD in changes:
-        __salt__["kvmcluster_libvirt.write_file"](MODULES_LOAD, changes[MODULES_LOAD]["new"])
+        __salt__["kvmcluster_node.write_file"](MODULES_LOAD, changes[MODULES_LOAD]["new"])
     if need_module:
         res = __salt__["cmd.run_all"](["modprobe", "br_netfilter"], python_shell=False,
                                       ignore_retcode=True)

@@ -14,7 +14,7 @@ def pool_name():
 def test_loader_finds_the_custom_modules(loaders):
     funcs, states, _ = loaders
     for fn in ("kvmcluster_model.load", "kvmcluster_pool.ensure", "kvmcluster_node.info",
-               "kvmcluster_libvirt.conf_write"):
+               "kvmcluster_libvirt.conf_write", "kvmcluster_node.write_file"):
         assert fn in funcs
     for st in ("kvmcluster_pool.present", "kvmcluster_model.validated",
                "kvmcluster_libvirt.config_managed", "kvmcluster_preflight.checked"):

@@ -1,0 +1,230 @@
+"""
+States for the cluster's shared secondary storage (``storage:secondary`` of the model):
+
+- ``packages``: the NFS server packages on the server node, the client ones everywhere.
+- ``exported``: on the server, the export directory and the formula's exports file;
+  ``exportfs -ra`` only when the export changed (mounted clients are never dropped by a
+  restart); the NFS service enabled and running.
+- ``mounted``: the export at the mountpoint on every node, in fstab and live, waiting for
+  the server within bounds. On the server itself the export directory is bind-mounted at
+  the mountpoint (no NFS loopback mount), so the path is the same on every node.
+
+All do nothing when the model has no secondary storage.
+"""
+import os
+
+__virtualname__ = "kvmcluster_nfs"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _ctx():
+    view = __salt__["kvmcluster_model.current"]()
+    sec = view["storage"]["secondary"]
+    if not sec["enabled"]:
+        return view, None, None
+    server = view["nodes"][sec["server"]]
+    return view, sec, server
+
+
+def _ret(name):
+    return {"name": name, "changes": {}, "result": True, "comment": ""}
+
+
+def _off(ret):
+    ret["comment"] = "no secondary storage in the model (kvmcluster:storage:secondary)"
+    return ret
+
+
+def packages(name, server_pkgs, client_pkgs):
+    """
+    The NFS packages this node's role needs are installed.
+
+    name
+        Any; reported back.
+    server_pkgs, client_pkgs
+        Package names of this OS family (map.jinja ``pkgs:nfs_server``/``nfs_client``).
+    """
+    ret = _ret(name)
+    view, sec, server = _ctx()
+    if not sec:
+        return _off(ret)
+    is_server = view["self"]["name"] == server["name"]
+    want = list(dict.fromkeys([*(server_pkgs if is_server else []), *client_pkgs]))
+    have = __salt__["pkg.version"](*want)
+    if isinstance(have, str):
+        have = {want[0]: have}
+    missing = [p for p in want if not have.get(p)]
+    if not missing:
+        ret["comment"] = f"installed: {', '.join(want)}"
+        return ret
+    changes = {p: {"old": "", "new": "installed"} for p in missing}
+    if __opts__["test"]:
+        ret.update(result=None, changes=changes, comment=f"would install {', '.join(missing)}")
+        return ret
+    try:
+        __salt__["pkg.install"](pkgs=missing)
+    except Exception as exc:  # pylint: disable=broad-except
+        ret.update(result=False, comment=f"installing {', '.join(missing)} failed: {exc}")
+        return ret
+    have = __salt__["pkg.version"](*missing)
+    if isinstance(have, str):
+        have = {missing[0]: have}
+    left = [p for p in missing if not have.get(p)]
+    ret.update(changes=changes, result=not left,
+               comment=f"still missing: {left}" if left else f"installed {', '.join(missing)}")
+    return ret
+
+
+def exported(name, exports_file, service):
+    """
+    On the model's NFS server: the export directory exists, ``exports_file`` exports it to
+    the model's clients with its options, the kernel's export table has it, and ``service``
+    is enabled and running. Elsewhere: nothing.
+
+    name
+        Any; reported back.
+    exports_file
+        The formula's own file under /etc/exports.d.
+    service
+        The NFS server unit (nfs-server.service).
+    """
+    ret = _ret(name)
+    view, sec, server = _ctx()
+    if not sec:
+        return _off(ret)
+    if view["self"]["name"] != server["name"]:
+        ret["comment"] = f"not the NFS server ({server['name']} is)"
+        return ret
+    path, clients = sec["export_path"], sec["clients"]
+    text = __salt__["kvmcluster_nfs.exports_text"](path, clients, sec["export_options"])
+    changes = {}
+    if not os.path.isdir(path):
+        changes["export_dir"] = {"old": None, "new": path}
+    cur = __salt__["kvmcluster_node.file_text"](exports_file)
+    if cur != text:
+        changes[exports_file] = {"old": cur, "new": text}
+    unit = __salt__["kvmcluster_node.unit_state"](service)
+    if unit["enabled"] != "enabled" or not unit["active"]:
+        changes["service"] = {"old": f"{unit['enabled']}/{'active' if unit['active'] else 'inactive'}",
+                              "new": "enabled/active"}
+    live = __salt__["kvmcluster_nfs.exported"](path)
+    if sorted(live) != sorted(clients):
+        changes["exported_to"] = {"old": sorted(live), "new": sorted(clients)}
+    if not changes:
+        ret["comment"] = f"{path} exported to {', '.join(clients)}"
+        return ret
+    if __opts__["test"]:
+        ret.update(result=None, changes=changes, comment=f"export of {path} would change")
+        return ret
+    try:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        if cur != text:
+            __salt__["kvmcluster_node.write_file"](exports_file, text)
+        if "service" in changes:
+            # Starting the service exports what the files say.
+            __salt__["kvmcluster_node.systemctl"]("enable", "--now", service)
+        if cur != text or sorted(__salt__["kvmcluster_nfs.exported"](path)) != sorted(clients):
+            __salt__["kvmcluster_nfs.reexport"]()
+        live = __salt__["kvmcluster_nfs.exported"](path)
+        unit = __salt__["kvmcluster_node.unit_state"](service)
+    except Exception as exc:  # pylint: disable=broad-except
+        ret.update(result=False, changes=changes, comment=str(exc))
+        return ret
+    ok = sorted(live) == sorted(clients) and unit["active"]
+    ret.update(changes=changes, result=ok,
+               comment=f"{path} exported to {', '.join(clients)}" if ok else
+               f"export of {path} is {sorted(live)}, service active={unit['active']}")
+    return ret
+
+
+def _fstab_line(sec, server, is_server):
+    if is_server:
+        return f"{sec['export_path']} {sec['mountpoint']} none bind 0 0"
+    opts = ",".join(sec["mount_options"])
+    return f"{server['ip']}:{sec['export_path']} {sec['mountpoint']} nfs {opts} 0 0"
+
+
+def _fstab_diff(fstab_text, mountpoint, line):
+    """(new fstab text, old line or None); one line per mountpoint, ours replacing others."""
+    lines = (fstab_text or "").splitlines()
+    old = None
+    out = []
+    for ln in lines:
+        f = ln.split()
+        if len(f) >= 2 and not ln.lstrip().startswith("#") and f[1] == mountpoint:
+            old = ln
+            continue
+        out.append(ln)
+    if old == line:
+        return fstab_text, old
+    out.append(line)
+    return "\n".join(out) + "\n", old
+
+
+def mounted(name, fstab="/etc/fstab"):
+    """
+    The secondary storage is at the model's mountpoint on this node, persistently (fstab)
+    and live, mounted only when it is not already: an NFS mount of the server's export (the
+    server bind-mounts its export directory instead). Waits for the server within
+    ``storage:secondary:wait_timeout``; fails within about 30 s naming the server when it
+    does not answer at all.
+
+    name
+        Any; reported back.
+    """
+    ret = _ret(name)
+    view, sec, server = _ctx()
+    if not sec:
+        return _off(ret)
+    is_server = view["self"]["name"] == server["name"]
+    mp = sec["mountpoint"]
+    line = _fstab_line(sec, server, is_server)
+    cur_fstab = __salt__["kvmcluster_node.file_text"](fstab) or ""
+    new_fstab, old_line = _fstab_diff(cur_fstab, mp, line)
+    changes = {}
+    if new_fstab != cur_fstab:
+        changes[fstab] = {"old": old_line, "new": line}
+    live = __salt__["kvmcluster_nfs.mount_of"](mp)
+    want_source = sec["export_path"] if is_server else f"{server['ip']}:{sec['export_path']}"
+    if live is None:
+        changes["mounted"] = {"old": None, "new": want_source}
+    elif is_server:
+        if live["root"] != sec["export_path"] and live["source"] != want_source:
+            ret.update(result=False, comment=f"{mp} has {live['source']} mounted, not a bind "
+                       f"of {sec['export_path']}; unmount it first (guests may use it)")
+            return ret
+    elif live["source"] != want_source or not live["fstype"].startswith("nfs"):
+        ret.update(result=False, comment=f"{mp} has {live['source']} ({live['fstype']}) "
+                   f"mounted, not {want_source}; unmount it first (guests may use it)")
+        return ret
+    if not changes:
+        ret["comment"] = f"{want_source} mounted at {mp}"
+        return ret
+    if __opts__["test"]:
+        ret.update(result=None, changes=changes, comment=f"{want_source} would be mounted at {mp}")
+        return ret
+    try:
+        if new_fstab != cur_fstab:
+            __salt__["kvmcluster_node.write_file"](fstab, new_fstab)
+        if "mounted" in changes:
+            if is_server:
+                os.makedirs(sec["export_path"], exist_ok=True)
+                __salt__["kvmcluster_nfs.mount"](sec["export_path"], mp, "none", ["bind"])
+            else:
+                waited = __salt__["kvmcluster_nfs.wait_and_mount"](
+                    server["name"], server["ip"], sec["export_path"], mp,
+                    sec["mount_options"], sec["wait_timeout"])
+                changes["mounted"]["waited_s"] = waited
+        live = __salt__["kvmcluster_nfs.mount_of"](mp)
+    except Exception as exc:  # pylint: disable=broad-except
+        ret.update(result=False, changes={k: v for k, v in changes.items() if k != "mounted"},
+                   comment=str(exc))
+        return ret
+    if live is None:
+        ret.update(result=False, changes=changes, comment=f"{mp} is not mounted after mounting")
+        return ret
+    ret.update(changes=changes, comment=f"{want_source} mounted at {mp}")
+    return ret
