@@ -140,6 +140,14 @@ def exported(name, exports_file, service):
     return ret
 
 
+def _same_dir(a, b):
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
 def _fstab_line(sec, server, is_server):
     if is_server:
         return f"{sec['export_path']} {sec['mountpoint']} none bind 0 0"
@@ -192,7 +200,8 @@ def mounted(name, fstab="/etc/fstab"):
     if live is None:
         changes["mounted"] = {"old": None, "new": want_source}
     elif is_server:
-        if live["root"] != sec["export_path"] and live["source"] != want_source:
+        # A bind mount shows the filesystem's device and a root inside it: compare inodes.
+        if not _same_dir(mp, sec["export_path"]):
             ret.update(result=False, comment=f"{mp} has {live['source']} mounted, not a bind "
                        f"of {sec['export_path']}; unmount it first (guests may use it)")
             return ret

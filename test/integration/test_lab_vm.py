@@ -1,37 +1,117 @@
-"""The VM node driver: a qemu (TCG) node with its own Debian kernel, two NICs and a /data01
-disk, reached over real salt-ssh. Runs last: it replaces the container lab with a VM lab."""
+"""VM nodes (qemu under TCG, their own Debian kernel, two NICs, /data01 on a disk of their
+own) for what container nodes cannot do: kernel NFS. Runs last: it replaces the container
+lab with a lab of two VM nodes, kvm01 the NFS server and kvm02 a client."""
 import json
+import time
 
 import pytest
 
-from lab import control
+from lab import control, net
+from lab.report import summarize
 
-from conftest import Lab
+from labtest import Lab
 
 
 @pytest.fixture(scope="module")
 def vm_lab(lab):  # noqa: ARG001  (after the container lab's tests)
     control.down()
-    state = control.up(containers=0, vms=1)
-    yield Lab(state)
+    state = control.up(containers=0, vms=2)
+    vms = Lab(state)
+    pillar = json.loads(json.dumps(vms.pillar))
+    pillar["kvmcluster"]["storage"]["secondary"] = {"enabled": True, "server": "kvm01"}
+    vms.pillar = pillar
+    vms.reset_pillar()
+    yield vms
     control.down()
 
 
 def test_vm_node_has_its_own_kernel(vm_lab):
-    node = vm_lab.nodes[0].name
-    out = vm_lab.ssh(node, "modprobe bonding && cat /sys/class/net/bonding_masters; "
-                           "findmnt -n -o SOURCE,FSTYPE /data01; ls /sys/class/net; "
-                           "systemctl is-system-running")
+    out = vm_lab.ssh("kvm01", "modprobe bonding && cat /sys/class/net/bonding_masters; "
+                              "findmnt -n -o SOURCE,FSTYPE /data01; ls /sys/class/net; "
+                              "systemctl is-system-running")
     assert "/dev/vdb ext4" in out          # a real block device, not a bind mount
     assert "eth0" in out and "eth1" in out  # two NICs, for bonds
     assert out.split()[-1] == "running"
 
 
-
-def test_vm_node_over_salt_ssh(vm_lab):
+def test_vm_nodes_over_salt_ssh(vm_lab):
     results, proc = vm_lab.apply("kvmcluster.info")
     assert proc.returncode == 0, proc.stdout[-2000:]
-    node = vm_lab.nodes[0].name
-    key = next(k for k in results[node] if k.endswith("_|-reported"))
-    facts = json.loads(results[node][key]["comment"])
-    assert facts["id"] == node and facts["model"]["ip"] == vm_lab.ip[node]
+    for node in ("kvm01", "kvm02"):
+        key = next(k for k in results[node] if k.endswith("_|-reported"))
+        facts = json.loads(results[node][key]["comment"])
+        assert facts["id"] == node and facts["model"]["ip"] == vm_lab.ip[node]
+
+
+POOL_PY = r"""
+import json, sys, libvirt
+c = libvirt.open("qemu:///system")
+p = c.storagePoolLookupByName("secondary")
+action = sys.argv[1]
+if action == "create":
+    p.createXML("<volume><name>%s</name><capacity unit='MiB'>8</capacity>"
+                "<target><format type='raw'/></target></volume>" % sys.argv[2], 0)
+p.refresh(0)
+print(json.dumps({"active": p.isActive(), "autostart": p.autostart(),
+                  "volumes": sorted(p.listVolumes()),
+                  "type": p.XMLDesc(0).split("type='", 1)[1].split("'")[0]}))
+"""
+
+
+def pool(vm_lab, node, *args):
+    return json.loads(vm_lab.ssh(node, "cat > /tmp/pool.py && python3 /tmp/pool.py "
+                                       + " ".join(args), input=POOL_PY))
+
+
+def test_secondary_storage_over_nfs(vm_lab):
+    t0 = time.monotonic()
+    results, proc = vm_lab.apply()
+    first = time.monotonic() - t0
+    for node in ("kvm01", "kvm02"):
+        s = summarize(results[node])
+        assert s["failed"] == 0, s["failures"]
+    exports = vm_lab.ssh("kvm01", "cat /etc/exports.d/kvmcluster.exports; exportfs -v")
+    assert '"/data01/secondary" 172.30.10.41(rw,sync,no_subtree_check,no_root_squash) ' \
+           "172.30.10.42(rw,sync,no_subtree_check,no_root_squash)" in exports
+    assert "/data01/secondary\n\t\t172.30.10.42(" in exports or \
+           "/data01/secondary\t172.30.10.42(" in exports
+    mnt = vm_lab.ssh("kvm02", "findmnt -n -o SOURCE,FSTYPE,OPTIONS /mnt/secondary; "
+                              "grep /mnt/secondary /etc/fstab")
+    assert mnt.startswith("172.30.10.41:/data01/secondary nfs4 ")
+    assert "hard" in mnt and "timeo=600" in mnt
+    assert "172.30.10.41:/data01/secondary /mnt/secondary nfs vers=4.2,hard,timeo=600," \
+           "retrans=2,_netdev 0 0" in mnt
+    srv = vm_lab.ssh("kvm01", "findmnt -n -o SOURCE /mnt/secondary")
+    assert srv.strip().endswith("[/secondary]")  # the server's bind mount of its export
+    assert pool(vm_lab, "kvm01", "list")["type"] == "dir"
+    client = pool(vm_lab, "kvm02", "create", "made-on-kvm02.img")
+    assert client["type"] == "netfs" and client["active"] and client["autostart"]
+    server = pool(vm_lab, "kvm01", "list")  # refreshed by the script
+    assert "made-on-kvm02.img" in server["volumes"] and server["active"] and server["autostart"]
+    again, proc = vm_lab.apply()
+    for node in ("kvm01", "kvm02"):
+        assert summarize(again[node])["changed"] == 0, summarize(again[node])["changed_ids"]
+    print(f"first apply on 2 VM nodes: {first:.0f}s")
+
+
+def test_unreachable_nfs_server_fails_in_bounded_time(vm_lab):
+    # Let go of the share cleanly first: a hard mount of a vanished server blocks readers.
+    vm_lab.ssh("kvm02", "virsh pool-destroy secondary; umount /mnt/secondary; "
+                        "findmnt /mnt/secondary || true", check=False)
+    tap = "t-kvm01-0"
+    net.nsexec(net.SWITCH, "ip", "link", "set", tap, "down")
+    try:
+        results, _ = vm_lab.apply_on("kvm02")
+    finally:
+        net.nsexec(net.SWITCH, "ip", "link", "set", tap, "up")
+    res = results["kvm02"]
+    mounted = res[next(k for k in res if "secondary-mounted" in k)]
+    assert mounted["result"] is False
+    assert "NFS server kvm01 (172.30.10.41) is unreachable" in mounted["comment"]
+    assert mounted["duration"] / 1000 <= 60, mounted["duration"]
+    # What does not need the share still ran and holds.
+    for sid in ("kvmcluster-libvirt-service-running", "kvmcluster-storage-primary-pool-present"):
+        assert res[next(k for k in res if f"_|-{sid}_|-" in k)]["result"] is True
+    print(f"unreachable server: mount state failed after {mounted['duration'] / 1000:.1f}s")
+    healed, _ = vm_lab.apply_on("kvm02")
+    assert summarize(healed["kvm02"])["failed"] == 0

@@ -27,7 +27,11 @@ def main(argv=None):
     sub.add_parser("validate", help="validate the lab's pillar on the management node only")
     sub.add_parser("demo", help="up, apply, summary per node, how to reach the nodes")
     sub.add_parser("_supervise")
-    a = ap.parse_args(argv)
+    a, extra = ap.parse_known_args(argv)
+    if extra and a.cmd not in ("apply", "salt"):
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    if a.cmd in ("apply", "salt"):
+        a.args = [*(a.args or []), *extra]
 
     if a.cmd == "up":
         control.up(a.nodes, a.vms)

@@ -5,6 +5,7 @@ downloaded once here into a repository the controller serves on the lab bridge. 
 image is keyed by a hash of its recipe and rebuilt only when the recipe changes.
 """
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -175,6 +176,13 @@ WantedBy=sysinit.target
 """
 
 
+def lab_files_key():
+    """Changes whenever lab_files() would write something else (VM base disks follow it)."""
+    blob = (Path(__file__).parent / "firstboot.sh").read_text() + FIRSTBOOT_UNIT + \
+        inspect.getsource(lab_files)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
 def lab_files(root):
     """The lab's own files in the image; idempotent and cheap, rewritten at every `up`."""
     script = root / "usr/local/sbin/lab-firstboot"
@@ -187,6 +195,16 @@ def lab_files(root):
     link = wants / "lab-firstboot.service"
     if not link.is_symlink():
         link.symlink_to("/etc/systemd/system/lab-firstboot.service")
+    # VM nodes boot the kernel and initrd the lab hands to qemu, never their own /boot:
+    # regenerating initramfs inside a TCG node (minutes, on every kernel-module package)
+    # would only burn time. Man pages likewise.
+    conf = root / "etc/initramfs-tools/update-initramfs.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text("# lab: nodes boot the kernel/initrd given by the lab\nupdate_initramfs=no\n"
+                    "backup_initramfs=no\n")
+    (root / "etc/dpkg/dpkg.cfg.d/lab-nodoc").write_text(
+        "path-exclude=/usr/share/man/*\npath-exclude=/usr/share/doc/*\n"
+        "path-include=/usr/share/doc/*/copyright\n")
     # Races with the container's runlevel change now and then; utmp is nothing to the lab.
     mask = root / "etc/systemd/system/systemd-update-utmp-runlevel.service"
     if not mask.is_symlink():

@@ -88,8 +88,10 @@ def container_env():
 
 def base_disk():
     """A raw ext4 image of the rootfs, made once per image."""
-    disk = image.image_dir() / "vm-root.img"
+    disk = image.image_dir() / f"vm-root-{image.lab_files_key()}.img"
     if not disk.exists():
+        for old in image.image_dir().glob("vm-root*.img"):
+            old.unlink()
         tmp = disk.with_suffix(".tmp")
         run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", image.rootfs(), tmp, "8G"])
         tmp.rename(disk)

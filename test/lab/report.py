@@ -15,9 +15,9 @@ def parse_json(stdout):
     return json.loads(stdout[start:])
 
 
-def apply(sls="kvmcluster", *extra, timeout=1800):
-    """state.apply on every node; returns (per-node results, proc)."""
-    proc = saltcfg.salt_ssh("*", "state.apply", sls, "--out=json", "--static", *extra,
+def apply(sls="kvmcluster", *extra, timeout=2400, target="*"):
+    """state.apply on the target (every node); returns (per-node results, proc)."""
+    proc = saltcfg.salt_ssh(target, "state.apply", sls, "--out=json", "--static", *extra,
                             timeout=timeout)
     return parse_json(proc.stdout), proc
 

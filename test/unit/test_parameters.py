@@ -1,0 +1,37 @@
+"""Per-OS parameters: package names that exist where the formula installs them.
+
+Debian 12's names are proven for real by the lab: its image build downloads every package
+of REPO_PACKAGES with apt (an unknown name fails the build) and the lab tier installs them
+with the formula. EL names cannot be fetched here; known-wrong ones are refused.
+"""
+import yaml
+
+from kvmtestlib import REPO
+from lab import image
+
+PARAMS = REPO / "kvmcluster/parameters"
+
+
+def family(name):
+    return yaml.safe_load((PARAMS / f"os_family/{name}.yaml").read_text())["values"]
+
+
+def test_debian_packages_are_in_the_lab_repository():
+    pkgs = family("Debian")["pkgs"]
+    wanted = set(pkgs["kvm"]) | set(pkgs["nfs_server"]) | set(pkgs["nfs_client"])
+    assert wanted <= set(image.REPO_PACKAGES)
+
+
+def test_redhat_packages_exist_on_el9():
+    pkgs = family("RedHat")["pkgs"]
+    names = set(pkgs["kvm"]) | set(pkgs["nfs_server"]) | set(pkgs["nfs_client"])
+    # Gone from EL9 (and never needed with iproute2): must not be asked for.
+    assert not names & {"qemu-kvm-tools", "bridge-utils", "libvirt-python", "python-libvirt"}
+    assert {"qemu-kvm", "libvirt-daemon-kvm", "python3-libvirt", "virt-install",
+            "edk2-ovmf", "nfs-utils"} <= names
+
+
+def test_el9_runs_modular_daemons():
+    major = yaml.safe_load((PARAMS / "osmajor.yaml").read_text())
+    assert major["RedHat-9"]["libvirt"]["service"] == "virtqemud.service"
+    assert major["RedHat-9"]["libvirt"]["tcp_socket"] == "virtproxyd-tcp.socket"
