@@ -8,6 +8,7 @@ tiers=(${tiers[@]})
 declare -A dirs=([unit]=test/unit [functional]=test/functional [lab]=test/integration)
 rc=0
 summary=()
+rm -f /tmp/kvmcluster-lab-timings.jsonl
 for tier in "${tiers[@]}"; do
   start=$(date +%s)
   echo "== tier: $tier"
@@ -21,4 +22,8 @@ for tier in "${tiers[@]}"; do
 done
 echo "== tiers"
 printf '  %s\n' "${summary[@]}"
+if [ -s /tmp/kvmcluster-lab-timings.jsonl ]; then
+  echo "== lab timings"
+  sed 's/^/  /' /tmp/kvmcluster-lab-timings.jsonl
+fi
 exit $rc

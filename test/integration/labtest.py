@@ -45,3 +45,43 @@ class Lab:
 
     def reset_pillar(self):
         saltcfg.set_pillar(self.pillar)
+
+
+# What a node looks like once the formula ran: its managed files, account, addresses,
+# socket, daemon and pools. Filled by the salt-ssh tests, compared by the master-mode ones.
+FINGERPRINTS = {}
+TIMINGS_FILE = "/tmp/kvmcluster-lab-timings.jsonl"
+
+FINGERPRINT_PY = r"""
+import hashlib, json, os, subprocess, libvirt
+files = ["/etc/libvirt/libvirtd.conf", "/etc/default/libvirtd",
+         "/etc/sysctl.d/60-kvmcluster.conf", "/etc/modules-load.d/kvmcluster.conf",
+         "/etc/systemd/system/libvirtd.socket.d/kvmcluster.conf",
+         "/etc/systemd/system/libvirtd-ro.socket.d/kvmcluster.conf"]
+out = {f: hashlib.sha256(open(f, "rb").read()).hexdigest()[:16] if os.path.exists(f) else None
+       for f in files}
+run = lambda *a: subprocess.run(a, capture_output=True, text=True).stdout.strip()
+out["account"] = run("id", "kvmadmin")
+out["addresses"] = run("ip", "-br", "-4", "addr", "show", "eth0")
+out["libvirtd"] = run("systemctl", "is-active", "libvirtd.service")
+st = os.stat("/run/libvirt/libvirt-sock")
+out["socket_mode"] = oct(st.st_mode & 0o777)
+c = libvirt.open("qemu:///system")
+out["pools"] = sorted((p.name(), p.isActive(), p.autostart(),
+                       p.XMLDesc(0).split("<path>")[1].split("</path>")[0])
+                      for p in c.listAllStoragePools())
+print(json.dumps(out, sort_keys=True))
+"""
+
+
+def fingerprint(lab, node):
+    import json  # pylint: disable=import-outside-toplevel
+
+    return json.loads(lab.ssh(node, "python3 -", input=FINGERPRINT_PY))
+
+
+def record_timing(what, seconds):
+    import json  # pylint: disable=import-outside-toplevel
+
+    with open(TIMINGS_FILE, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"what": what, "seconds": round(seconds, 1)}) + "\n")

@@ -3,8 +3,10 @@
 Order matters: the first tests see fresh nodes.
 """
 import json
+import time
 
 from lab.report import summarize
+from labtest import FINGERPRINTS, fingerprint, record_timing
 
 NODES = ["kvm01", "kvm02", "kvm03"]
 
@@ -71,10 +73,16 @@ def test_bad_pillar_touches_no_node(lab):
 def test_test_mode_predicts_the_real_run_then_zero_changes(lab):
     predicted, proc = lab.apply("kvmcluster", "test=True")
     assert proc.returncode == 0, proc.stdout[-3000:]
+    t0 = time.monotonic()
     applied, proc = lab.apply()
+    record_timing("salt-ssh state.apply, first run, 3 container nodes", time.monotonic() - t0)
     assert proc.returncode == 0, proc.stdout[-3000:]
+    t0 = time.monotonic()
     again, proc = lab.apply()
+    record_timing("salt-ssh state.apply, second run, 3 container nodes", time.monotonic() - t0)
     assert proc.returncode == 0
+    for n in NODES:
+        FINGERPRINTS.setdefault("salt-ssh", {})[n] = fingerprint(lab, n)
     for n in NODES:
         assert summarize(applied[n])["failed"] == 0, summarize(applied[n])
         pred, real = changes_of(predicted[n]), changes_of(applied[n])

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from . import control, net, paths, report, saltcfg, spec
+from . import control, master, net, paths, report, saltcfg, spec
 
 
 def main(argv=None):
@@ -14,6 +14,8 @@ def main(argv=None):
     p_up = sub.add_parser("up", help="build the image once, start the nodes")
     p_up.add_argument("--nodes", type=int, default=3, help="container nodes (default 3)")
     p_up.add_argument("--vms", type=int, default=0, help="VM nodes (own kernel) after them")
+    p_up.add_argument("--master", action="store_true",
+                      help="also a salt-master on the management namespace, minions on nodes")
     sub.add_parser("down", help="stop everything, remove namespaces, mounts and disks")
     sub.add_parser("status", help="what runs, as JSON")
     p_ssh = sub.add_parser("ssh", help="a shell or command on a node")
@@ -21,6 +23,8 @@ def main(argv=None):
     p_ssh.add_argument("command", nargs=argparse.REMAINDER)
     p_apply = sub.add_parser("apply", help="salt-ssh '*' state.apply kvmcluster")
     p_apply.add_argument("args", nargs=argparse.REMAINDER)
+    p_master = sub.add_parser("master", help="salt (master mode) with the lab master's config")
+    p_master.add_argument("args", nargs=argparse.REMAINDER)
     p_salt = sub.add_parser("salt", help="salt-ssh with the lab's Saltfile")
     p_salt.add_argument("args", nargs=argparse.REMAINDER)
     sub.add_parser("info", help="each node's own view (kvmcluster_node.info) as JSON")
@@ -28,13 +32,13 @@ def main(argv=None):
     sub.add_parser("demo", help="up, apply, summary per node, how to reach the nodes")
     sub.add_parser("_supervise")
     a, extra = ap.parse_known_args(argv)
-    if extra and a.cmd not in ("apply", "salt"):
+    if extra and a.cmd not in ("apply", "salt", "master"):
         ap.error(f"unrecognized arguments: {' '.join(extra)}")
-    if a.cmd in ("apply", "salt"):
+    if a.cmd in ("apply", "salt", "master"):
         a.args = [*(a.args or []), *extra]
 
     if a.cmd == "up":
-        control.up(a.nodes, a.vms)
+        control.up(a.nodes, a.vms, with_master=a.master)
     elif a.cmd == "down":
         control.down()
     elif a.cmd == "status":
@@ -58,6 +62,9 @@ def main(argv=None):
         argv = ["ip", "netns", "exec", net.CONTROLLER, "ssh", "-i", str(paths.SSH_KEY),
                 "-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no",
                 "-o", "LogLevel=ERROR", f"root@{ips[a.node]}", *a.command]
+        os.execvp(argv[0], argv)
+    elif a.cmd == "master":
+        argv = master.salt_argv(*a.args)
         os.execvp(argv[0], argv)
     elif a.cmd in ("apply", "salt"):
         args = a.args or []

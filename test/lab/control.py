@@ -7,13 +7,14 @@ works after a crash of anything, the supervisor included.
 """
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 
-from . import image, net, nodes, paths, saltcfg, spec
+from . import image, master, net, nodes, paths, saltcfg, spec
 from .run import run, say
 
 REPO_PORT = 8080
@@ -74,7 +75,7 @@ def wait_port(ip, port, deadline):
 
 # ---- up -----------------------------------------------------------------------------
 
-def up(containers=3, vms=0, timeout=None):
+def up(containers=3, vms=0, timeout=None, with_master=False):
     t0 = time.monotonic()
     state = load_state()
     if state and same_process(state.get("supervisor")):
@@ -88,7 +89,8 @@ def up(containers=3, vms=0, timeout=None):
     rack = spec.make(containers, vms)
     say(f"network: lab bridge {net.BRIDGE} in namespace {net.SWITCH}, subnet {net.SUBNET}")
     net.create_switch()
-    save_state({"spec": [n.to_dict() for n in rack], "mounts": [], "children": {}})
+    save_state({"spec": [n.to_dict() for n in rack], "mounts": [], "children": {},
+                "master": with_master})
     for n in rack:
         say(f"preparing {n.kind} node {n.name} ({n.ip})")
         nodes.prepare(n)
@@ -97,6 +99,9 @@ def up(containers=3, vms=0, timeout=None):
             st["mounts"].append(str(nodes.node_dir(n) / "root"))
         save_state(st)
     saltcfg.write(rack)
+    if with_master:
+        master.wheels()
+        master.write_config(rack, saltcfg.lab_pillar(rack))
     log = open(paths.HOME / "supervisor.log", "ab")
     sup = subprocess.Popen([sys.executable, "-m", "lab", "_supervise"],
                            cwd=str(paths.REPO_ROOT / "test"), stdout=log, stderr=log,
@@ -114,6 +119,8 @@ def up(containers=3, vms=0, timeout=None):
                                f"see {nodes.node_dir(n)}")
         # sshd answers before boot is over; a node is up when systemd says so.
         _wait_booted(n, deadline)
+    if with_master:
+        master.setup(rack, saltcfg.lab_pillar(rack))
     say(f"lab up: {len(rack)} nodes in {time.monotonic() - t0:.0f}s")
     return load_state()
 
@@ -155,6 +162,10 @@ def supervise():
          str(REPO_PORT), "--bind", net.GATEWAY, "--directory", str(image.repo_dir())],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     procs["repo"] = repo
+    if st.get("master"):
+        logf = open(paths.HOME / "salt-master.out", "ab")
+        procs["salt-master"] = subprocess.Popen(master.master_argv(), stdout=logf, stderr=logf,
+                                                stdin=subprocess.DEVNULL)
     for n in rack:
         argv, env = nodes.argv_env(n)
         logf = open(nodes.node_dir(n) / "node.log", "ab")
@@ -240,6 +251,8 @@ def down():
     net.destroy()
     for n in spec.from_dicts(st.get("spec", [])):
         nodes.remove(n)
+    # The master's keys belong to this lab's minions; a new lab has new ones.
+    shutil.rmtree(master.MASTER_DIR, ignore_errors=True)
     if paths.STATE_FILE.exists():
         paths.STATE_FILE.unlink()
     say("lab down")

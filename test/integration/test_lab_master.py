@@ -1,0 +1,65 @@
+"""The same formula from a salt-master: highstate on minions installed from wheels, the
+cluster pillar from the master with one pillar file per node. Replaces the salt-ssh lab
+with a fresh one of three container nodes plus the master."""
+import time
+
+import pytest
+
+from lab import control, master, report
+from lab.report import summarize
+from labtest import FINGERPRINTS, Lab, fingerprint, record_timing
+
+NODES = ["kvm01", "kvm02", "kvm03"]
+
+
+@pytest.fixture(scope="module")
+def master_lab(lab):  # noqa: ARG001  (after the salt-ssh lab's tests)
+    control.down()
+    state = control.up(containers=3, with_master=True)
+    yield Lab(state)
+    control.down()
+
+
+def highstate():
+    proc = master.salt("*", "state.highstate", "--out=json", "--static", "--timeout=1800")
+    return report.parse_json(proc.stdout), proc
+
+
+def test_keys_were_accepted_by_name(master_lab):  # noqa: ARG001
+    listed = master.salt_key("--list=accepted").stdout.split()
+    assert set(NODES) <= set(listed)
+    conf = (master.MASTER_DIR / "master").read_text()
+    assert "auto_accept: false" in conf
+
+
+def test_highstate_converges_like_salt_ssh(master_lab):
+    t0 = time.monotonic()
+    first, proc = highstate()
+    record_timing("salt state.highstate, first run, 3 container nodes", time.monotonic() - t0)
+    assert set(first) == set(NODES), proc.stdout[-2000:]
+    for n in NODES:
+        assert summarize(first[n])["failed"] == 0, summarize(first[n])["failures"]
+    t0 = time.monotonic()
+    second, _ = highstate()
+    record_timing("salt state.highstate, second run, 3 container nodes", time.monotonic() - t0)
+    for n in NODES:
+        assert summarize(second[n])["changed"] == 0, summarize(second[n])["changed_ids"]
+    for n in NODES:
+        got = fingerprint(master_lab, n)
+        assert got["pools"] == [["default", 1, 1, "/data01/primary"]]
+        assert got["libvirtd"] == "active" and got["socket_mode"] == "0o770"
+        if "salt-ssh" in FINGERPRINTS:
+            assert got == FINGERPRINTS["salt-ssh"][n]
+
+
+def test_per_node_pillar_changes_only_that_node(master_lab):
+    master.set_node_pillar("kvm02", {"kvmcluster": {"sysctl": {"net.core.somaxconn": 2048}}})
+    try:
+        results, _ = highstate()
+        changed = {n: summarize(results[n])["changed_ids"] for n in NODES}
+        assert changed == {"kvm01": [], "kvm02": ["kvmcluster-libvirt-sysctl-managed"],
+                           "kvm03": []}
+        assert master_lab.ssh("kvm02", "sysctl -n net.core.somaxconn").strip() == "2048"
+        assert master_lab.ssh("kvm01", "sysctl -n net.core.somaxconn").strip() == "1024"
+    finally:
+        master.set_node_pillar("kvm02", {})
