@@ -9,7 +9,7 @@ import pytest
 from lab import control, net
 from lab.report import summarize
 
-from labtest import Lab
+from labtest import Lab, record_timing
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +88,13 @@ def test_secondary_storage_over_nfs(vm_lab):
     assert client["type"] == "netfs" and client["active"] and client["autostart"]
     server = pool(vm_lab, "kvm01", "list")  # refreshed by the script
     assert "made-on-kvm02.img" in server["volumes"] and server["active"] and server["autostart"]
+    t0 = time.monotonic()
     again, proc = vm_lab.apply()
+    record_timing("salt-ssh state.apply with NFS, second run, 2 VM nodes (TCG)",
+                  time.monotonic() - t0)
     for node in ("kvm01", "kvm02"):
         assert summarize(again[node])["changed"] == 0, summarize(again[node])["changed_ids"]
-    print(f"first apply on 2 VM nodes: {first:.0f}s")
+    record_timing("salt-ssh state.apply with NFS, first run, 2 VM nodes (TCG)", first)
 
 
 def test_unreachable_nfs_server_fails_in_bounded_time(vm_lab):
@@ -112,6 +115,6 @@ def test_unreachable_nfs_server_fails_in_bounded_time(vm_lab):
     # What does not need the share still ran and holds.
     for sid in ("kvmcluster-libvirt-service-running", "kvmcluster-storage-primary-pool-present"):
         assert res[next(k for k in res if f"_|-{sid}_|-" in k)]["result"] is True
-    print(f"unreachable server: mount state failed after {mounted['duration'] / 1000:.1f}s")
+    record_timing("NFS mount state failing on an unreachable server", mounted["duration"] / 1000)
     healed, _ = vm_lab.apply_on("kvm02")
     assert summarize(healed["kvm02"])["failed"] == 0
