@@ -169,7 +169,8 @@ def systemctl(*args, check=True):
 
 def unit_state(unit):
     """
-    ``{"exists", "enabled", "active"}`` of a systemd unit.
+    ``{"exists", "enabled", "active", "label"}`` of a systemd unit; ``label`` reads
+    e.g. ``enabled/active``, as the states report a unit's old state.
 
     CLI Example:
 
@@ -180,5 +181,6 @@ def unit_state(unit):
     load = systemctl("show", "--property=LoadState", "--value", unit, check=False)["stdout"]
     enabled = systemctl("is-enabled", unit, check=False)["stdout"].strip()
     active = systemctl("is-active", unit, check=False)["stdout"].strip()
+    is_active = active == "active"
     return {"exists": load.strip() not in ("not-found", ""), "enabled": enabled,
-            "active": active == "active"}
+            "active": is_active, "label": f"{enabled}/{'active' if is_active else 'inactive'}"}

@@ -41,6 +41,18 @@ def _connect(uri):
         raise CommandExecutionError(f"cannot connect to libvirt at {uri}: {exc}") from exc
 
 
+def _on_pool(name, uri, what, action):
+    """``action(pool)`` on pool ``name``; libvirt errors become CommandExecutionError."""
+    libvirt = _libvirt()
+    conn = _connect(uri)
+    try:
+        return action(conn.storagePoolLookupByName(name))
+    except libvirt.libvirtError as exc:
+        raise CommandExecutionError(f"cannot {what} pool {name}: {exc}") from exc
+    finally:
+        conn.close()
+
+
 def pool_xml(name, path, pool_type="dir", source=None):
     """
     The XML that defines pool ``name`` at ``path``. For ``netfs`` pools, ``source`` is
@@ -185,14 +197,7 @@ def refresh(name, uri=DEFAULT_URI):
 
         salt '*' kvmcluster_pool.refresh secondary
     """
-    libvirt = _libvirt()
-    conn = _connect(uri)
-    try:
-        conn.storagePoolLookupByName(name).refresh(0)
-    except libvirt.libvirtError as exc:
-        raise CommandExecutionError(f"cannot refresh pool {name}: {exc}") from exc
-    finally:
-        conn.close()
+    _on_pool(name, uri, "refresh", lambda pool: pool.refresh(0))
     return True
 
 
@@ -206,11 +211,4 @@ def volumes(name, uri=DEFAULT_URI):
 
         salt '*' kvmcluster_pool.volumes default
     """
-    libvirt = _libvirt()
-    conn = _connect(uri)
-    try:
-        return sorted(conn.storagePoolLookupByName(name).listVolumes())
-    except libvirt.libvirtError as exc:
-        raise CommandExecutionError(f"cannot list volumes of pool {name}: {exc}") from exc
-    finally:
-        conn.close()
+    return sorted(_on_pool(name, uri, "list volumes of", lambda pool: pool.listVolumes()))

@@ -149,7 +149,7 @@ def sockets_managed(name, tcp_socket, tls_socket):
                 continue
             is_on = st["enabled"] == "enabled"
             if is_on != on or st["active"] != on:
-                plan[unit] = {"old": f"{st['enabled']}/{'active' if st['active'] else 'inactive'}",
+                plan[unit] = {"old": st["label"],
                               "new": "enabled/active" if on else "disabled/inactive"}
     except Exception as exc:  # pylint: disable=broad-except
         ret.update(result=False, comment=str(exc))
@@ -214,7 +214,7 @@ def running(name, service, sockets=(), started_by_package=False):
                            "installed?)")
                 return ret
             if st["enabled"] not in ("enabled", "static", "indirect", "alias") or not st["active"]:
-                plan[unit] = {"old": f"{st['enabled']}/{'active' if st['active'] else 'inactive'}",
+                plan[unit] = {"old": st["label"],
                               "new": "enabled/active"}
     except Exception as exc:  # pylint: disable=broad-except
         ret.update(result=False, comment=str(exc))

@@ -108,7 +108,7 @@ def exported(name, exports_file, service):
         changes[exports_file] = {"old": cur, "new": text}
     unit = __salt__["kvmcluster_node.unit_state"](service)
     if unit["enabled"] != "enabled" or not unit["active"]:
-        changes["service"] = {"old": f"{unit['enabled']}/{'active' if unit['active'] else 'inactive'}",
+        changes["service"] = {"old": unit["label"],
                               "new": "enabled/active"}
     live = __salt__["kvmcluster_nfs.exported"](path)
     if sorted(live) != sorted(clients):
