@@ -273,6 +273,11 @@ def _check_cluster(errors, c):
                    + ", ".join(sorted(BACKENDS)) + _suggest(backend, set(BACKENDS) | {"auto"}))
     _int(errors, None, f"{ROOT}:network:rollback_timeout", c["network"].get("rollback_timeout"),
          30, 3600)
+    _bool(errors, None, f"{ROOT}:network:manage", c["network"].get("manage"))
+    lnet = c["network"].get("libvirt_network")
+    if lnet is not None and not (isinstance(lnet, str) and _POOL_NAME.match(lnet)):
+        errors.add(None, f"{ROOT}:network:libvirt_network",
+                   f"{lnet!r} is not a libvirt network name (letters, digits, _.+-) or null")
     acct = c["account"]
     if acct.get("name") is not None and not (isinstance(acct["name"], str)
                                              and _USER.match(acct["name"])):

@@ -32,27 +32,3 @@ def validated(name, parameters):
     ret["comment"] = (f"cluster model valid: {len(view['nodes'])} node(s); this node is "
                       f"{me['name']} at {me.get('address')} on {me['bridge']['name']}")
     return ret
-
-
-# What each not-yet-built component of the model would manage, and when the model asks for it.
-_PENDING = {
-    "network": ("the bridge takeover (kvmcluster:bridge, nodes:*:nic/bond)", lambda v: False),
-}
-
-
-def component_pending(name, component):
-    """
-    Say plainly that ``component`` is not managed by this version of the formula: fail when
-    the model asks for it (so a run never looks done when it is not), warn otherwise.
-
-    name
-        Any; reported back.
-    component
-        ``network``.
-    """
-    what, asked = _PENDING[component]
-    view = __salt__["kvmcluster_model.current"]()
-    msg = f"{what} is not managed by this version of kvmcluster; nothing was changed"
-    if asked(view):
-        return {"name": name, "changes": {}, "result": False, "comment": msg}
-    return {"name": name, "changes": {}, "result": True, "comment": msg}

@@ -1,11 +1,23 @@
 # -*- coding: utf-8 -*-
 # vim: ft=sls
-# Not built yet: this state says so (and fails if the model asks for it).
+# The bridge takeover (one transaction with a dead-man switch) and the guests' libvirt
+# network on the bridge. Everything node-specific comes from the validated model on the node.
+{%- set tplroot = tpldir.split("/")[0] %}
+{%- from tplroot ~ "/map.jinja" import mapdata with context %}
 include:
-  - kvmcluster.model
+  - {{ tplroot }}.model
+  - {{ tplroot }}.libvirt
 
-kvmcluster-network-pending:
-  kvmcluster_model.component_pending:
-    - component: network
+kvmcluster-network-bridge-managed:
+  kvmcluster_network.bridged:
+    - name: bridge
+    - packages: {{ mapdata.pkgs.network | json }}
     - require:
       - kvmcluster_model: kvmcluster-model-validated
+
+kvmcluster-network-libvirt-network-managed:
+  kvmcluster_network.libvirt_network:
+    - name: libvirt-network
+    - require:
+      - kvmcluster_network: kvmcluster-network-bridge-managed
+      - sls: {{ tplroot }}.libvirt

@@ -1,0 +1,199 @@
+"""
+The bridge takeover: the node's IP moves onto the bridge (over a NIC or a bond), written for
+the node's network backend, applied as one transaction that rolls itself back unless the
+management node confirms it (``kvmcluster_network.confirm``) within the rollback timeout.
+
+Under ``test=True`` the state reports the exact file diffs, what moves at runtime and the
+risk class, and changes nothing.
+"""
+import time
+
+__virtualname__ = "kvmcluster_network"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _ret(name):
+    return {"name": name, "changes": {}, "result": True, "comment": ""}
+
+
+def _missing_pkgs(backend, plan, packages):
+    want = list(packages.get(backend, []))
+    if plan["port"]["kind"] == "bond":
+        want += packages.get(f"{backend}_bond", [])
+    have = __salt__["pkg.list_pkgs"]()
+    return [p for p in want if p not in have]
+
+
+def _effect_lines(ev):
+    eff = ev["effect"]
+    out = []
+    for m in eff.get("addresses", []):
+        out.append(f"address {m['address']}: {m['from'] or 'nowhere'} -> {m['to'] or 'removed'}")
+    if "default_route" in eff:
+        out.append(f"default route: {', '.join(eff['default_route']['old']) or 'none'} -> "
+                   f"{', '.join(eff['default_route']['new'])}")
+    if "bridge_mac" in eff:
+        out.append(f"{ev['plan']['bridge']['name']} MAC: {eff['bridge_mac']['old'] or 'new'} -> "
+                   f"{eff['bridge_mac']['new']}")
+    sess = eff.get("management_session")
+    if sess:
+        out.append(f"management session on {sess['address']} ({sess['interface']}): "
+                   + ("touched, " if sess["touched"] else "not touched, ")
+                   + ("address kept" if sess["kept"] else "ADDRESS GOES AWAY"))
+    return out
+
+
+def bridged(name, packages=None, backend=None):
+    """
+    Make the node's bridge carry its address as the cluster model says.
+
+    name
+        The bridge (for the record; the model names it).
+    packages
+        Backend packages by backend (``<backend>_bond`` for bond extras), from map.jinja.
+    backend
+        Override the model's backend (``auto`` detects it on the node).
+    """
+    ret = _ret(name)
+    view = __salt__["kvmcluster_model.current"]()
+    me = view["self"]
+    packages = packages or {}
+    if not view["network"].get("manage", True):
+        ret["comment"] = "the bridge is not managed here (kvmcluster:network:manage is false)"
+        return ret
+    rollback_after = view["network"]["rollback_timeout"]
+    pending = __salt__["kvmcluster_nettxn.pending"]()
+    if pending:
+        ret["result"] = False
+        left = max(0, int((pending.get("deadline") or 0) - time.time()))
+        ret["comment"] = (f"network transaction {pending['id']} is {pending['phase']} and not "
+                          f"confirmed (rollback in about {left}s); confirm it with "
+                          f"kvmcluster_network.confirm or wait for the rollback")
+        return ret
+    backend = backend or me["backend"]
+    try:
+        if backend in (None, "auto"):
+            backend = __salt__["kvmcluster_network.detect_backend"]()
+        plan = __salt__["kvmcluster_network.plan"](me)
+    except Exception as exc:  # pylint: disable=broad-except
+        ret["result"] = False
+        ret["comment"] = str(exc)
+        return ret
+    missing_pkgs = _missing_pkgs(backend, plan, packages)
+    if missing_pkgs and not __opts__["test"]:
+        res = __salt__["pkg.install"](pkgs=missing_pkgs)
+        ret["changes"]["packages"] = {"old": [], "new": sorted(res)}
+        still = _missing_pkgs(backend, plan, packages)
+        if still:
+            ret["result"] = False
+            ret["comment"] = f"could not install {', '.join(still)} for backend {backend}"
+            return ret
+    try:
+        ev = __salt__["kvmcluster_network.evaluate"](me, backend, rollback_after)
+    except Exception as exc:  # pylint: disable=broad-except
+        ret["result"] = False
+        ret["comment"] = str(exc)
+        return ret
+    br = plan["bridge"]["name"]
+    if ev["risk"] == "no-op" and not ret["changes"]:
+        ret["comment"] = (f"{br} holds {plan['address']} over {plan['port']['name']} "
+                          f"({backend}); nothing to change")
+        return ret
+    changes = dict(ret["changes"])
+    if missing_pkgs and __opts__["test"]:
+        changes["packages"] = {"old": [], "new": missing_pkgs}
+    if ev["risk"] != "no-op":
+        changes.update({"backend": backend, "risk": ev["risk"], "files": ev["files"],
+                        "runtime": ev["effect"]})
+        if ev["runtime_missing"]:
+            changes["runtime"] = dict(ev["effect"], missing=ev["runtime_missing"])
+    lines = _effect_lines(ev)
+    if ev["risk"] == "disruptive" and ev["guests"]:
+        ret["result"] = False
+        ret["comment"] = (f"refusing a disruptive change of {br}: guests are attached to it "
+                          f"({', '.join(ev['guests'])}); migrate or stop them first")
+        return ret
+    if __opts__["test"]:
+        ret["result"] = None
+        ret["changes"] = changes
+        ret["comment"] = (f"would take over {br} with backend {backend} ({ev['risk']}), then wait "
+                          f"{rollback_after}s for confirmation:\n" + "\n".join(lines))
+        return ret
+    if ev["risk"] == "no-op":
+        ret["comment"] = f"{br}: packages installed; configuration already as planned"
+        return ret
+    t0 = time.monotonic()
+    try:
+        res = __salt__["kvmcluster_nettxn.begin"](ev["spec"])
+    except Exception as exc:  # pylint: disable=broad-except
+        ret["result"] = False
+        ret["comment"] = f"network transaction not started: {exc}"
+        return ret
+    took = time.monotonic() - t0
+    ret["changes"] = changes
+    if res["phase"] != "applied":
+        ret["result"] = False
+        ret["comment"] = (f"network transaction {res['id']} {res['phase']} after {took:.1f}s: "
+                          f"{res['detail']}; the previous configuration is back")
+        return ret
+    at = time.strftime("%H:%M:%S", time.localtime(ev["spec"]["deadline"]))
+    ret["comment"] = (f"{br} took over in {took:.1f}s ({backend}, transaction {res['id']}): "
+                      f"{res['detail']}. "
+                      f"Confirm from the management node within {rollback_after}s "
+                      f"(salt-ssh '{me['name']}' kvmcluster_network.confirm) or it is rolled "
+                      f"back at {at}.\n" + "\n".join(lines))
+    return ret
+
+
+def libvirt_network(name, network=None, bridge=None):
+    """
+    A libvirt network in bridge mode on the node's bridge, active and autostarted.
+
+    name
+        State name.
+    network
+        The libvirt network name (default: the model's ``network:libvirt_network``; none there
+        means no network is managed).
+    bridge
+        The host bridge guests attach to (default: the node's bridge in the model).
+    """
+    ret = _ret(name)
+    view = __salt__["kvmcluster_model.current"]()
+    network = network or view["network"].get("libvirt_network")
+    bridge = bridge or view["self"]["bridge"]["name"]
+    if not network:
+        ret["comment"] = "no libvirt network asked for (kvmcluster:network:libvirt_network)"
+        return ret
+    name = network
+    try:
+        st = __salt__["kvmcluster_network.libvirt_network"](name, bridge)
+    except Exception as exc:  # pylint: disable=broad-except
+        ret["result"] = False
+        ret["comment"] = str(exc)
+        return ret
+    want = {"exists": True, "active": True, "autostart": True, "mode": "bridge",
+            "bridge": bridge}
+    diff = {k: {"old": st.get(k), "new": v} for k, v in want.items() if st.get(k) != v}
+    if not diff:
+        ret["comment"] = f"libvirt network {name} bridges guests onto {bridge}"
+        return ret
+    if __opts__["test"]:
+        ret["result"] = None
+        ret["changes"] = diff
+        ret["comment"] = f"libvirt network {name} would be defined on {bridge}"
+        return ret
+    try:
+        st = __salt__["kvmcluster_network.libvirt_network"](name, bridge, define=True)
+    except Exception as exc:  # pylint: disable=broad-except
+        ret["result"] = False
+        ret["comment"] = str(exc)
+        return ret
+    left = {k: st.get(k) for k, v in want.items() if st.get(k) != v}
+    ret["changes"] = diff
+    ret["result"] = not left
+    ret["comment"] = f"libvirt network {name} defined on {bridge}" if not left else \
+        f"libvirt network {name} still differs: {left}"
+    return ret
