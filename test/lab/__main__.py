@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from . import control, master, net, paths, report, saltcfg, spec
+from . import control, master, net, netprep, paths, report, saltcfg, spec
 
 
 def main(argv=None):
@@ -14,6 +14,9 @@ def main(argv=None):
     p_up = sub.add_parser("up", help="build the image once, start the nodes")
     p_up.add_argument("--nodes", type=int, default=3, help="container nodes (default 3)")
     p_up.add_argument("--vms", type=int, default=0, help="VM nodes (own kernel) after them")
+    p_up.add_argument("--backends", default="",
+                      help="per node, in order: ifupdown, networkmanager or netplan "
+                           "(comma-separated; default ifupdown)")
     p_up.add_argument("--master", action="store_true",
                       help="also a salt-master on the management namespace, minions on nodes")
     sub.add_parser("down", help="stop everything, remove namespaces, mounts and disks")
@@ -38,7 +41,11 @@ def main(argv=None):
         a.args = [*(a.args or []), *extra]
 
     if a.cmd == "up":
-        control.up(a.nodes, a.vms, with_master=a.master)
+        backends = [b for b in a.backends.split(",") if b]
+        bad = [b for b in backends if b not in netprep.BACKENDS]
+        if bad:
+            ap.error(f"unknown backend(s) {', '.join(bad)}; valid: {', '.join(netprep.BACKENDS)}")
+        control.up(a.nodes, a.vms, with_master=a.master, backends=backends)
     elif a.cmd == "down":
         control.down()
     elif a.cmd == "status":

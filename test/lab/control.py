@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from . import image, master, net, nodes, paths, saltcfg, spec
+from . import image, master, net, netprep, nodes, paths, saltcfg, spec
 from .run import run, say
 
 REPO_PORT = 8080
@@ -75,7 +75,7 @@ def wait_port(ip, port, deadline):
 
 # ---- up -----------------------------------------------------------------------------
 
-def up(containers=3, vms=0, timeout=None, with_master=False):
+def up(containers=3, vms=0, timeout=None, with_master=False, backends=()):
     t0 = time.monotonic()
     state = load_state()
     if state and same_process(state.get("supervisor")):
@@ -86,7 +86,7 @@ def up(containers=3, vms=0, timeout=None, with_master=False):
         down()
     image.build()
     image.lab_files(image.rootfs())
-    rack = spec.make(containers, vms)
+    rack = spec.make(containers, vms, backends)
     say(f"network: lab bridge {net.BRIDGE} in namespace {net.SWITCH}, subnet {net.SUBNET}")
     net.create_switch()
     save_state({"spec": [n.to_dict() for n in rack], "mounts": [], "children": {},
@@ -119,6 +119,10 @@ def up(containers=3, vms=0, timeout=None, with_master=False):
                                f"see {nodes.node_dir(n)}")
         # sshd answers before boot is over; a node is up when systemd says so.
         _wait_booted(n, deadline)
+    for n in rack:
+        if n.backend != "ifupdown":
+            say(f"{n.name}: eth0 moves to {n.backend}")
+            netprep.prepare(n, lambda cmd, t, n=n: _node_ssh(n, cmd, t))
     if with_master:
         master.setup(rack, saltcfg.lab_pillar(rack))
     say(f"lab up: {len(rack)} nodes in {time.monotonic() - t0:.0f}s")

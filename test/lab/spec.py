@@ -12,6 +12,7 @@ class Node:
     kind: str  # "container" or "vm"
     ip: str
     macs: list = field(default_factory=list)
+    backend: str = "ifupdown"  # what configures eth0 when the node boots
 
     def to_dict(self):
         return asdict(self)
@@ -21,14 +22,15 @@ def _mac(index, nic):
     return f"52:54:00:30:{index:02x}:{nic:02x}"
 
 
-def make(containers=3, vms=0):
+def make(containers=3, vms=0, backends=()):
     nodes = []
     for i in range(containers + vms):
         kind = "container" if i < containers else "vm"
         nics = 1 if kind == "container" else 2
         base = net.SUBNET.rsplit(".", 1)[0]
         nodes.append(Node(name=f"kvm{i + 1:02d}", kind=kind, ip=f"{base}.{FIRST_HOST + i}",
-                          macs=[_mac(i + 1, n) for n in range(nics)]))
+                          macs=[_mac(i + 1, n) for n in range(nics)],
+                          backend=backends[i] if i < len(backends) else "ifupdown"))
     return nodes
 
 
