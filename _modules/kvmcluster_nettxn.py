@@ -227,13 +227,14 @@ def _restore(txn, spec):
             rc, _, err = _run(["ifup", "--force", n], timeout=90)
             txn.log(f"ifup {n}: rc={rc} {err.strip()[-200:]}")
     elif b == "networkmanager":
-        for cid in before.get("nm_active", []):
+        # Profiles put back or rewritten are re-activated so NM applies their old settings.
+        for cid in before.get("nm_reup", []) + before.get("nm_active", []):
             rc, _, err = _run(["nmcli", "--wait", "20", "connection", "up", "id", cid], timeout=40)
             txn.log(f"nmcli connection up {cid}: rc={rc} {err.strip()[-200:]}")
     elif b == "netplan":
         _run(["networkctl", "reload"], timeout=60)
-        present = [n for n in nics if n in runtime()["links"]]
-        _run(["networkctl", "reconfigure", *present], timeout=60)
+        present = [n for n in (br, port, *nics) if n in runtime()["links"]]
+        _run(["networkctl", "reconfigure", *dict.fromkeys(present)], timeout=60)
     elif b == "ifcfg":
         _run(["systemctl", "restart", "network.service"], timeout=120)
     now = runtime()

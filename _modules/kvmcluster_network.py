@@ -296,6 +296,8 @@ def evaluate(me, backend=None, rollback_after=90):
             "masters": {n: rt["links"].get(n, {}).get("master") for n in nics},
             "ifupdown_up": _ifupdown_up(owned),
             "nm_active": _nm_ids([f for f, v in files.items() if v["new"] is None]),
+            "nm_reup": _nm_ids([f for f, v in files.items()
+                                if v["new"] is not None and v["old"] is not None]),
         },
     }
     return {"backend": backend, "plan": p, "files": diffs, "runtime_missing": missing,

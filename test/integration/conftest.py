@@ -3,14 +3,15 @@ happened."""
 import pytest
 
 from lab import control
-from labtest import Lab
+from labtest import BACKENDS, Lab
 
 
 @pytest.fixture(scope="session")
 def lab():
     control.down()  # whatever an earlier run left behind
     try:
-        state = control.up(containers=3)
+        # One node per backend that runs on Debian: the takeover is tested on each.
+        state = control.up(containers=3, backends=BACKENDS)
         yield Lab(state)
     finally:
         control.down()

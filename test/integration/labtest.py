@@ -47,6 +47,9 @@ class Lab:
         saltcfg.set_pillar(self.pillar)
 
 
+# The network backends of the container lab's nodes, in node order (one node each).
+BACKENDS = ["ifupdown", "networkmanager", "netplan"]
+
 # What a node looks like once the formula ran: its managed files, account, addresses,
 # socket, daemon and pools. Filled by the salt-ssh tests, compared by the master-mode ones.
 FINGERPRINTS = {}
@@ -62,7 +65,8 @@ out = {f: hashlib.sha256(open(f, "rb").read()).hexdigest()[:16] if os.path.exist
        for f in files}
 run = lambda *a: subprocess.run(a, capture_output=True, text=True).stdout.strip()
 out["account"] = run("id", "kvmadmin")
-out["addresses"] = run("ip", "-br", "-4", "addr", "show", "eth0")
+out["addresses"] = run("ip", "-br", "-4", "addr")
+out["bridge_ports"] = run("ip", "-br", "link", "show", "master", "br0").split()[:1]
 out["libvirtd"] = run("systemctl", "is-active", "libvirtd.service")
 st = os.stat("/run/libvirt/libvirt-sock")
 out["socket_mode"] = oct(st.st_mode & 0o777)

@@ -3,10 +3,11 @@
 Order matters: the first tests see fresh nodes.
 """
 import json
+import re
 import time
 
-from lab.report import summarize
-from labtest import FINGERPRINTS, fingerprint, record_timing
+from lab.report import CONFIRMS, summarize
+from labtest import BACKENDS, FINGERPRINTS, fingerprint, record_timing
 
 NODES = ["kvm01", "kvm02", "kvm03"]
 
@@ -92,6 +93,29 @@ def test_test_mode_predicts_the_real_run_then_zero_changes(lab):
                     "kvmcluster-libvirt-account-present"):
             assert pred[sid] == real[sid], sid
         assert summarize(again[n])["changed"] == 0, summarize(again[n])["changed_ids"]
+    # The bridge takeover, over the very salt-ssh session it moves: test=True said exactly
+    # which files change and what moves; the real run did that, then was confirmed.
+    sid = "kvmcluster-network-bridge-managed"
+    shown = []
+    for n, backend in zip(NODES, BACKENDS):
+        pred = next(v for k, v in predicted[n].items() if sid in k)
+        real = next(v for k, v in applied[n].items() if sid in k)
+        shown.append(f"== {n} test=True\n{pred['comment']}\n"
+                     + json.dumps(pred["changes"], indent=1, sort_keys=True))
+        assert pred["result"] is None and real["result"] is True, (pred, real)
+        assert pred["changes"]["backend"] == real["changes"]["backend"] == backend
+        for key in ("files", "risk", "runtime"):
+            assert pred["changes"][key] == real["changes"][key], (n, key)
+        assert pred["changes"]["risk"] == "disruptive"
+        assert pred["changes"]["runtime"]["addresses"] == [
+            {"address": f"{lab.ip[n]}/24", "from": "eth0", "to": "br0"}]
+        assert pred["changes"]["runtime"]["management_session"]["touched"] is True
+        took = float(re.search(r"br0 took over in ([\d.]+)s", real["comment"]).group(1))
+        record_timing(f"takeover of eth0 by br0 on {n} ({backend}), transaction until the "
+                      "local check passed", took)
+    assert all(c.get(n, {}).get("confirmed") for c in CONFIRMS[-1:] for n in NODES), CONFIRMS
+    with open("/tmp/kvmcluster-lab-network-test-mode.txt", "w", encoding="utf-8") as fh:
+        fh.write("\n\n".join(shown) + "\n")
 
 
 POOL_PY = r"""
@@ -135,8 +159,13 @@ def test_hand_changed_pool_is_reported_and_corrected(lab):
 
 
 def test_unmounted_storage_stops_at_preflight(lab):
-    lab.ssh("kvm03", "umount /data01")
-    results, proc = lab.apply()
+    # Held aside (not lost) so that the later tests get kvm03's storage back.
+    lab.ssh("kvm03", "mkdir -p /run/data01-held && mount --bind /data01 /run/data01-held && "
+                     "umount /data01")
+    try:
+        results, proc = lab.apply()
+    finally:
+        lab.ssh("kvm03", "mount --bind /run/data01-held /data01 && umount /run/data01-held")
     assert proc.returncode != 0
     pre = results["kvm03"][next(k for k in results["kvm03"] if "preflight-checked" in k)]
     assert pre["result"] is False

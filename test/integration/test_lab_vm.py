@@ -2,6 +2,7 @@
 own) for what container nodes cannot do: kernel NFS. Runs last: it replaces the container
 lab with a lab of two VM nodes, kvm01 the NFS server and kvm02 a client."""
 import json
+import re
 import time
 
 import pytest
@@ -19,6 +20,11 @@ def vm_lab(lab):  # noqa: ARG001  (after the container lab's tests)
     vms = Lab(state)
     pillar = json.loads(json.dumps(vms.pillar))
     pillar["kvmcluster"]["storage"]["secondary"] = {"enabled": True, "server": "kvm01"}
+    for node in ("kvm01", "kvm02"):
+        # bond0 (802.3ad by default) of both NICs under br0. The lab switch carries 1500.
+        entry = pillar["kvmcluster"]["nodes"][node]
+        del entry["nic"]
+        entry["bond"] = {"slaves": ["eth0", "eth1"], "mtu": 1500}
     vms.pillar = pillar
     vms.reset_pillar()
     yield vms
@@ -95,18 +101,45 @@ def test_secondary_storage_over_nfs(vm_lab):
     for node in ("kvm01", "kvm02"):
         assert summarize(again[node])["changed"] == 0, summarize(again[node])["changed_ids"]
     record_timing("salt-ssh state.apply with NFS, first run, 2 VM nodes (TCG)", first)
+    for node in ("kvm01", "kvm02"):
+        took = next(v for k, v in results[node].items() if "bridge-managed" in k)["comment"]
+        record_timing(f"takeover of bond0 (eth0+eth1) by br0 on {node} (VM, ifupdown), "
+                      "transaction until the local check passed",
+                      float(re.search(r"took over in ([\d.]+)s", took).group(1)))
+
+
+def test_bond0_under_br0_on_vm_nodes(vm_lab):
+    for node in ("kvm01", "kvm02"):
+        bonding = vm_lab.ssh(node, "cat /proc/net/bonding/bond0")
+        assert "Bonding Mode: IEEE 802.3ad Dynamic link aggregation" in bonding, bonding
+        assert "Transmit Hash Policy: layer3+4 (1)" in bonding, bonding
+        assert "MII Polling Interval (ms): 100" in bonding, bonding
+        assert "LACP rate: slow" in bonding, bonding
+        assert bonding.count("Slave Interface: ") == 2
+        assert "Slave Interface: eth0" in bonding and "Slave Interface: eth1" in bonding
+        links = {ln["ifname"]: ln for ln in json.loads(vm_lab.ssh(node, "ip -j addr show"))}
+        for nic in ("eth0", "eth1"):
+            assert links[nic].get("master") == "bond0", links[nic]
+            assert not [a for a in links[nic]["addr_info"] if a["family"] == "inet"]
+        assert links["bond0"].get("master") == "br0"
+        assert [a["local"] for a in links["br0"]["addr_info"] if a["family"] == "inet"] == [
+            vm_lab.ip[node]]
+        assert links["br0"]["address"] == links["eth0"]["address"]
+        assert vm_lab.ssh(node, "hostname").strip() == node  # reachable through br0
 
 
 def test_unreachable_nfs_server_fails_in_bounded_time(vm_lab):
     # Let go of the share cleanly first: a hard mount of a vanished server blocks readers.
     vm_lab.ssh("kvm02", "virsh pool-destroy secondary; umount /mnt/secondary; "
                         "findmnt /mnt/secondary || true", check=False)
-    tap = "t-kvm01-0"
-    net.nsexec(net.SWITCH, "ip", "link", "set", tap, "down")
+    taps = ["t-kvm01-0", "t-kvm01-1"]  # both legs of kvm01's bond
+    for tap in taps:
+        net.nsexec(net.SWITCH, "ip", "link", "set", tap, "down")
     try:
         results, _ = vm_lab.apply_on("kvm02")
     finally:
-        net.nsexec(net.SWITCH, "ip", "link", "set", tap, "up")
+        for tap in taps:
+            net.nsexec(net.SWITCH, "ip", "link", "set", tap, "up")
     res = results["kvm02"]
     mounted = res[next(k for k in res if "secondary-mounted" in k)]
     assert mounted["result"] is False

@@ -15,11 +15,43 @@ def parse_json(stdout):
     return json.loads(stdout[start:])
 
 
-def apply(sls="kvmcluster", *extra, timeout=2400, target="*"):
-    """state.apply on the target (every node); returns (per-node results, proc)."""
+BRIDGE_STATE = "kvmcluster_network_|-kvmcluster-network-bridge-managed_|-"
+# What the management node confirmed after each apply: [{node: confirm result}].
+CONFIRMS = []
+
+
+def took_over(node_result):
+    """Whether this node's run applied a network transaction that now awaits confirmation."""
+    if not isinstance(node_result, dict):
+        return False
+    return any(k.startswith(BRIDGE_STATE) and v.get("result") is True and v.get("changes")
+               for k, v in node_result.items())
+
+
+def confirm(nodes, salt=None):
+    """The management node reconnects to ``nodes`` and confirms their network change."""
+    salt = salt or (lambda *a: saltcfg.salt_ssh(*a, timeout=300))
+    proc = salt("-L", ",".join(sorted(nodes)), "kvmcluster_network.confirm", "--out=json",
+                "--static")
+    got = parse_json(proc.stdout)
+    CONFIRMS.append(got)
+    bad = {n: got.get(n) for n in nodes
+           if not (isinstance(got.get(n), dict) and got[n].get("confirmed"))}
+    if bad:
+        raise RuntimeError(f"network change not confirmed: {bad}")
+    return got
+
+
+def apply(sls="kvmcluster", *extra, timeout=2400, target="*", confirm_network=True):
+    """state.apply on the target (every node), then, like an operator, confirm the network
+    change where one was made; returns (per-node results, proc)."""
     proc = saltcfg.salt_ssh(target, "state.apply", sls, "--out=json", "--static", *extra,
                             timeout=timeout)
-    return parse_json(proc.stdout), proc
+    results = parse_json(proc.stdout)
+    pending = [n for n, r in results.items() if took_over(r)]
+    if confirm_network and pending:
+        confirm(pending)
+    return results, proc
 
 
 def summarize(node_result):
@@ -61,6 +93,11 @@ def demo():
     apply_s = time.monotonic() - t1
     sys.stdout.write(proc.stdout)
     sys.stderr.write(proc.stderr)
+    # The bridge takeover rolls back unless the management node reconnects and confirms.
+    print("\n== salt-ssh '*' kvmcluster_network.confirm  (new connections to the moved "
+          "addresses)", flush=True)
+    conf = saltcfg.salt_ssh("*", "kvmcluster_network.confirm", capture=True, timeout=300)
+    sys.stdout.write(conf.stdout)
     print("\n== summary per node")
     summaries = re.findall(r"Summary for (\S+)\n-+\nSucceeded: (\d+)(?: \(changed=(\d+)\))?\n"
                            r"Failed:\s+(\d+)", proc.stdout)
@@ -74,7 +111,7 @@ def demo():
     print(f"  salt-ssh:  make lab ARGS=\"salt '*' test.ping\"   (Saltfile "
           f"{saltcfg.SALT_DIR / 'Saltfile'})")
     print("  stop it:   make lab-down")
-    ok = proc.returncode == 0 and len(summaries) == len(st["spec"]) and all(
+    ok = proc.returncode == 0 and conf.returncode == 0 and len(summaries) == len(st["spec"]) and all(
         f == "0" for *_, f in summaries)
     return 0 if ok else 1
 

@@ -1,0 +1,219 @@
+"""The bridge takeover on the converged 3-node lab (one node per backend: kvm01 ifupdown,
+kvm02 NetworkManager, kvm03 netplan with systemd-networkd), then its faults: each must end
+with the node reachable at its address and its configuration consistent.
+
+Runs after test_lab_formula (which made the first takeover over the salt-ssh session it
+moves, confirmed it, and saw a second run with 0 changes)."""
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from lab import net, report, saltcfg
+from lab.report import summarize
+from labtest import BACKENDS, record_timing
+
+NODES = ["kvm01", "kvm02", "kvm03"]
+ROLLBACK = 30  # seconds; the shortest the model allows
+
+BRIDGE_PY = r"""
+import json, subprocess
+ip = lambda *a: json.loads(subprocess.run(["ip", "-j", *a], capture_output=True,
+                                          text=True).stdout or "[]")
+links = {l["ifname"]: l for l in ip("-d", "link", "show")}
+addrs = {l["ifname"]: [a["local"] + "/" + str(a["prefixlen"]) for a in l["addr_info"]
+                       if a["family"] == "inet"] for l in ip("addr", "show")}
+routes = [(r.get("gateway"), r.get("dev")) for r in ip("-4", "route", "show", "default")]
+print(json.dumps({"br0": addrs.get("br0", []), "eth0": addrs.get("eth0", []),
+                  "eth0_master": links.get("eth0", {}).get("master"),
+                  "br0_kind": links.get("br0", {}).get("linkinfo", {}).get("info_kind"),
+                  "br0_mac": links.get("br0", {}).get("address"),
+                  "eth0_mac": links.get("eth0", {}).get("address"),
+                  "mtu": {n: links[n]["mtu"] for n in ("eth0", "br0") if n in links},
+                  "routes": routes}))
+"""
+
+HISTORY = "python3 -c 'import json,glob; print(json.dumps({d.split(\"/\")[-1]: " \
+          "json.load(open(d + \"/phase.json\")) for d in sorted(glob.glob(" \
+          "\"/var/lib/kvmcluster/network/txn/*\"))}))'"
+
+
+def bridge_state(lab, node):
+    return json.loads(lab.ssh(node, "python3 -", input=BRIDGE_PY, timeout=30))
+
+
+def history(lab, node):
+    return json.loads(lab.ssh(node, HISTORY))
+
+
+def pinged(ip):
+    return subprocess.run(["ip", "netns", "exec", net.CONTROLLER, "ping", "-n", "-q", "-c", "1",
+                           "-W", "1", ip], capture_output=True, check=False).returncode == 0
+
+
+def wait_for(what, pred, timeout):
+    """Poll ``pred`` once a second up to ``timeout`` seconds; the seconds it took."""
+    t0 = time.monotonic()
+    for _ in range(int(timeout) + 1):
+        try:
+            if pred():
+                return time.monotonic() - t0
+        except (AssertionError, subprocess.TimeoutExpired, ValueError):
+            pass
+        if time.monotonic() - t0 > timeout:
+            break
+        time.sleep(1)
+    raise AssertionError(f"{what}: not within {timeout}s")
+
+
+def fault_pillar(lab, node, **entry):
+    p = json.loads(json.dumps(lab.pillar))
+    p["kvmcluster"].setdefault("network", {})["rollback_timeout"] = ROLLBACK
+    p["kvmcluster"]["nodes"][node].update(entry)
+    return p
+
+
+def start_apply(node):
+    """salt-ssh state.apply on one node, in the background (its own process group)."""
+    env = dict(os.environ, PATH=f"{saltcfg.VENV_BIN}:/usr/sbin:/usr/bin:/sbin:/bin")
+    return subprocess.Popen(saltcfg.salt_ssh_argv(node, "state.apply", "kvmcluster",
+                                                  "--out=json", "--static"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+
+
+def kill(proc):
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def bridged(lab):
+    """The lab converged and confirmed (a no-op when test_lab_formula already did it)."""
+    results, proc = lab.apply()
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return lab
+
+
+def test_each_backend_took_eth0_into_br0(bridged):
+    lab = bridged
+    for node, backend in zip(NODES, BACKENDS):
+        st = bridge_state(lab, node)
+        assert st["br0_kind"] == "bridge", (node, st)
+        assert st["br0"] == [lab.ip[node] + "/24"], (node, st)
+        assert st["eth0"] == [] and st["eth0_master"] == "br0", (node, st)
+        assert st["br0_mac"] == st["eth0_mac"], (node, st)  # br0 took the port's MAC
+        assert [tuple(r) for r in st["routes"]] == [("172.30.10.1", "br0")], (node, st)
+        # Reachable at the same address, through br0, from the management namespace.
+        assert pinged(lab.ip[node])
+        assert lab.ssh(node, "hostname").strip() == node
+        hist = history(lab, node)
+        assert hist and list(hist.values())[-1]["phase"] == "confirmed", hist
+        assert "nameserver 172.30.10.11" in lab.ssh(node, "cat /etc/resolv.conf")
+    # Each backend wrote its own complete configuration, and took eth0 from the old one.
+    assert "bridge_ports eth0" in lab.ssh("kvm01", "cat /etc/network/interfaces.d/kvmcluster")
+    assert "iface eth0 inet static" not in lab.ssh("kvm01", "cat /etc/network/interfaces")
+    nm = lab.ssh("kvm02", "nmcli -t -f DEVICE,STATE,CONNECTION device")
+    assert "br0:connected:kvmcluster-br0" in nm and "eth0:connected:kvmcluster-eth0" in nm, nm
+    assert lab.ssh("kvm02", "ls /etc/NetworkManager/system-connections").split() == [
+        "kvmcluster-br0.nmconnection", "kvmcluster-eth0.nmconnection"]
+    nd = lab.ssh("kvm03", "networkctl list --no-legend")
+    assert any(line.split()[1:] == ["br0", "bridge", "routable", "configured"]
+               for line in nd.splitlines()), nd
+    assert lab.ssh("kvm03", "ls /etc/netplan").split() == ["60-kvmcluster.yaml"]
+    assert lab.ssh("kvm03", "ls /var/lib/kvmcluster/network/replaced/*/etc/netplan").split() \
+        == ["50-lab.yaml"]  # the replaced file is kept, not lost
+
+
+def test_guests_get_a_bridge_network(bridged):
+    for node in NODES:
+        out = json.loads(bridged.ssh(node, "python3 -c 'import json, libvirt; "
+                                     "n = libvirt.open(\"qemu:///system\").networkLookupByName("
+                                     "\"host-bridge\"); print(json.dumps([n.isActive(), "
+                                     "n.autostart(), n.bridgeName()]))'"))
+        assert out == [1, 1, "br0"], (node, out)
+
+
+def test_wrong_gateway_is_rolled_back_at_once(bridged):
+    lab = bridged
+    lab.set_pillar(fault_pillar(lab, "kvm01", gateway="172.30.10.254"))
+    try:
+        t0 = time.monotonic()
+        results, proc = report.apply(target="kvm01", confirm_network=False)
+        took = time.monotonic() - t0
+    finally:
+        lab.reset_pillar()
+    record_timing("fault: wrong gateway on kvm01 (ifupdown), apply until rolled back", took)
+    res = results["kvm01"][next(k for k in results["kvm01"] if "bridge-managed" in k)]
+    assert res["result"] is False
+    assert "rolled-back" in res["comment"]
+    assert "gateway 172.30.10.254 does not answer on br0" in res["comment"], res["comment"]
+    st = bridge_state(lab, "kvm01")
+    assert st["br0"] == ["172.30.10.41/24"] and [tuple(r) for r in st["routes"]] == [
+        ("172.30.10.1", "br0")], st
+    assert "gateway 172.30.10.1" in lab.ssh("kvm01", "cat /etc/network/interfaces.d/kvmcluster")
+    again, _ = report.apply(target="kvm01")
+    assert summarize(again["kvm01"])["changed"] == 0, summarize(again["kvm01"])
+
+
+def test_wrong_ip_is_rolled_back_without_confirmation(bridged):
+    lab = bridged
+    wrong = "172.30.10.142"
+    lab.set_pillar(fault_pillar(lab, "kvm02", ip=f"{wrong}/24"))
+    t0 = time.monotonic()
+    proc = start_apply("kvm02")
+    try:
+        # The node moves to the wrong address; the session to the right one is cut off.
+        moved = wait_for("kvm02 answering at the wrong address", lambda: pinged(wrong), 150)
+        assert not pinged(lab.ip["kvm02"])  # its own address is gone until the rollback
+    finally:
+        kill(proc)
+        lab.reset_pillar()
+    # Nobody can confirm at the address the management node knows: the node undoes it.
+    back = wait_for("kvm02 back at 172.30.10.42",
+                    lambda: bridge_state(lab, "kvm02")["br0"] == ["172.30.10.42/24"],
+                    ROLLBACK + 90)
+    total = time.monotonic() - t0
+    record_timing("fault: wrong IP on kvm02 (NetworkManager), apply until the node answers "
+                  "at the wrong IP", moved)
+    record_timing("fault: wrong IP on kvm02 (NetworkManager), apply until reachable again at "
+                  "its own IP (rolled back)", total)
+    assert not pinged(wrong)
+    hist = history(lab, "kvm02")
+    last = list(hist.values())[-1]
+    assert last["phase"] == "rolled-back", last
+    assert "no confirmation from the management node" in last["detail"]
+    assert "address1=172.30.10.42/24" in lab.ssh(
+        "kvm02", "cat /etc/NetworkManager/system-connections/kvmcluster-br0.nmconnection")
+    again, _ = report.apply(target="kvm02")
+    assert summarize(again["kvm02"])["changed"] == 0, summarize(again["kvm02"])
+
+
+def test_killed_session_mid_apply_is_rolled_back(bridged):
+    lab = bridged
+    before = set(history(lab, "kvm03"))
+    lab.set_pillar(fault_pillar(lab, "kvm03", mtu=1400))
+    t0 = time.monotonic()
+    proc = start_apply("kvm03")
+    try:
+        started = wait_for("a transaction on kvm03",
+                           lambda: set(history(lab, "kvm03")) - before, 150)
+    finally:
+        kill(proc)  # the management node's session is gone mid-apply
+        lab.reset_pillar()
+    record_timing("fault: session killed on kvm03 (netplan), apply until the kill", started)
+    (txn,) = set(history(lab, "kvm03")) - before
+    wait_for("kvm03 transaction rolled back",
+             lambda: history(lab, "kvm03")[txn]["phase"] == "rolled-back", ROLLBACK + 90)
+    record_timing("fault: session killed on kvm03 (netplan), apply until rolled back",
+                  time.monotonic() - t0)
+    st = bridge_state(lab, "kvm03")
+    assert st["br0"] == ["172.30.10.43/24"] and st["mtu"] == {"eth0": 1500, "br0": 1500}, st
+    assert "mtu: 1400" not in lab.ssh("kvm03", "cat /etc/netplan/60-kvmcluster.yaml")
+    assert pinged(lab.ip["kvm03"])
+    again, _ = report.apply(target="kvm03")
+    assert summarize(again["kvm03"])["changed"] == 0, summarize(again["kvm03"])
