@@ -102,8 +102,8 @@ def plan(me, rt=None):
     phys = sorted(n for n, ln in rt["links"].items() if ln["kind"] is None and n != "lo")
     missing = [n for n in nics if n not in rt["links"]]
     if missing:
-        raise CommandExecutionError(f"[{me['name']}] {key}: {', '.join(missing)} does not exist "
-                                    f"on this node (NICs here: {', '.join(phys) or 'none'}); "
+        raise CommandExecutionError(f"[{me['name']}] {key}: {', '.join(missing)} "
+                                    f"{'does' if len(missing) == 1 else 'do'} not exist on this node (NICs here: {', '.join(phys) or 'none'}); "
                                     "nothing was changed")
     macs = [_nic_mac(rt["links"][n]) for n in nics]
     return {
@@ -196,20 +196,19 @@ def _runtime_diff(p, rt):
     return out
 
 
-def guests_on(bridge, rt=None):
+def guests_on(bridge, rt=None, own=()):
     """
-    Ports of ``bridge`` that belong to neither the node's NICs nor its bond: guest taps.
+    Ports of ``bridge`` other than the node's own port(s) ``own``: guests' taps.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt-call kvmcluster_network.guests_on br0
+        salt-call kvmcluster_network.guests_on br0 own='[eth0]'
     """
     rt = rt or runtime()
     return sorted(n for n, ln in rt["links"].items()
-                  if ln["master"] == bridge and ln["kind"] in ("tun", "veth", "macvtap")
-                  or (ln["master"] == bridge and n.startswith("vnet")))
+                  if ln["master"] == bridge and n not in own)
 
 
 def evaluate(me, backend=None, rollback_after=90):
@@ -302,7 +301,7 @@ def evaluate(me, backend=None, rollback_after=90):
     }
     return {"backend": backend, "plan": p, "files": diffs, "runtime_missing": missing,
             "effect": effect, "risk": risk, "spec": spec,
-            "guests": guests_on(br, rt)}
+            "guests": guests_on(br, rt, own={port, *nics})}
 
 
 def _ifupdown_up(names):

@@ -85,6 +85,18 @@ def checks(view):
     if free_gb < need:
         problem("storage_mounted", f"primary storage {path} has {free_gb:.1f} GiB free, "
                 f"less than storage:primary:min_free_gb ({need})")
+    me = view["self"]
+    if view["network"].get("manage", True) and me.get("port"):
+        # A NIC that is not here would stop the bridge takeover late: say so before anything.
+        port = me["port"]
+        nics = port["slaves"] if port["kind"] == "bond" else [port["name"]]
+        present = set(os.listdir("/sys/class/net")) if os.path.isdir("/sys/class/net") else set()
+        missing = [n for n in nics if n not in present]
+        if present and missing:
+            key = f"kvmcluster:nodes:{me['name']}:" + ("bond:slaves" if port["kind"] == "bond"
+                                                        else "nic")
+            fails.append(f"{key}: {', '.join(missing)} not found on this node (interfaces "
+                         f"here: {', '.join(sorted(present - {'lo'}))})")
     return fails, warns, facts
 
 

@@ -8,7 +8,7 @@ tiers=(${tiers[@]})
 declare -A dirs=([unit]=test/unit [functional]=test/functional [lab]=test/integration)
 rc=0
 summary=()
-rm -f /tmp/kvmcluster-lab-timings.jsonl
+rm -f /tmp/kvmcluster-lab-timings.jsonl /tmp/kvmcluster-lab-network-test-mode.txt
 for tier in "${tiers[@]}"; do
   start=$(date +%s)
   echo "== tier: $tier"
@@ -25,5 +25,9 @@ printf '  %s\n' "${summary[@]}"
 if [ -s /tmp/kvmcluster-lab-timings.jsonl ]; then
   echo "== lab timings"
   sed 's/^/  /' /tmp/kvmcluster-lab-timings.jsonl
+fi
+if [ -s /tmp/kvmcluster-lab-network-test-mode.txt ]; then
+  echo "== the bridge takeover as test=True showed it before the real run (lab)"
+  sed 's/^/  /' /tmp/kvmcluster-lab-network-test-mode.txt
 fi
 exit $rc

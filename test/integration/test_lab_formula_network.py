@@ -217,3 +217,20 @@ def test_killed_session_mid_apply_is_rolled_back(bridged):
     assert pinged(lab.ip["kvm03"])
     again, _ = report.apply(target="kvm03")
     assert summarize(again["kvm03"])["changed"] == 0, summarize(again["kvm03"])
+
+
+def test_disruptive_change_under_a_guest_is_refused(bridged):
+    lab = bridged
+    # What libvirt does for a guest's NIC on br0: a tap, port of the bridge.
+    lab.ssh("kvm01", "ip tuntap add vnet7 mode tap && ip link set vnet7 master br0 up")
+    lab.set_pillar(fault_pillar(lab, "kvm01", gateway="172.30.10.254"))
+    try:
+        results, _ = report.apply(target="kvm01", confirm_network=False)
+    finally:
+        lab.reset_pillar()
+        lab.ssh("kvm01", "ip link del vnet7")
+    res = results["kvm01"][next(k for k in results["kvm01"] if "bridge-managed" in k)]
+    assert res["result"] is False and res["changes"] == {}
+    assert "refusing a disruptive change of br0: guests are attached to it (vnet7)" in \
+        res["comment"]
+    assert "gateway 172.30.10.1" in lab.ssh("kvm01", "cat /etc/network/interfaces.d/kvmcluster")
