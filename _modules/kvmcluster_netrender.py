@@ -41,25 +41,50 @@ def __virtual__():
 
 
 def interfaces_of(plan):
-    """Every interface the plan owns: the bridge, the port and the port's slaves."""
+    """
+    Every interface the plan owns: the bridge, the port and the port's slaves.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call kvmcluster_netrender.interfaces_of '{"bridge": {"name": "br0"}, "port": {...}}'
+    """
     port = plan["port"]
     return [plan["bridge"]["name"], port["name"], *port.get("slaves", [])]
 
 
 def devices_created(plan):
-    """Virtual devices the plan creates (removed again on rollback if they were new)."""
+    """
+    Virtual devices the plan creates (removed again on rollback if they were new).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call kvmcluster_netrender.devices_created '{...}'
+    """
     out = [plan["bridge"]["name"]]
     if plan["port"]["kind"] == "bond":
         out.append(plan["port"]["name"])
     return out
 
 
-def nics_of(plan):
+def _nics_of(plan):
     port = plan["port"]
     return list(port["slaves"]) if port["kind"] == "bond" else [port["name"]]
 
 
 def file_mode(path):
+    """
+    The mode a rendered file gets (0600 where the tools want it private).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call kvmcluster_netrender.file_mode /etc/netplan/60-kvmcluster.yaml
+    """
     return 0o600 if path.startswith(PRIVATE_PREFIXES) else 0o644
 
 
@@ -68,7 +93,7 @@ def file_mode(path):
 _STANZA = re.compile(r"^(iface|mapping|auto|allow-\S+|source|source-directory|rename)\b")
 
 
-def strip_ifupdown(text, names):
+def _strip_ifupdown(text, names):
     """``text`` without the stanzas and auto/allow entries of ``names``."""
     names = set(names)
     out, skipping = [], False
@@ -97,7 +122,7 @@ def strip_ifupdown(text, names):
 
 
 def _ifupdown_main(text, names):
-    text = strip_ifupdown(text if text is not None else "auto lo\niface lo inet loopback\n",
+    text = _strip_ifupdown(text if text is not None else "auto lo\niface lo inet loopback\n",
                           names)
     sourced = any(re.match(r"^\s*(source\s+/etc/network/interfaces\.d/\*|"
                            r"source-directory\s+/etc/network/interfaces\.d/?)\s*$", line)
@@ -107,10 +132,10 @@ def _ifupdown_main(text, names):
     return text
 
 
-def render_ifupdown(plan):
+def _render_ifupdown(plan):
     br, port = plan["bridge"], plan["port"]
     lines = [HEADER.rstrip("\n")]
-    for nic in nics_of(plan):
+    for nic in _nics_of(plan):
         lines += ["", f"iface {nic} inet manual", f"    mtu {port['mtu']}"]
     if port["kind"] == "bond":
         lines += [
@@ -149,7 +174,7 @@ def render_ifupdown(plan):
 
 # ---- NetworkManager keyfiles ------------------------------------------------------------
 
-def nm_name(iface):
+def _nm_name(iface):
     return f"kvmcluster-{iface}"
 
 
@@ -162,7 +187,7 @@ def _ini(sections):
     return "\n".join(out)
 
 
-def render_networkmanager(plan):
+def _render_networkmanager(plan):
     """Keyfiles (NM 1.30+) for the bridge, the bond and each NIC, keyed by path."""
     br, port = plan["bridge"], plan["port"]
     files = {}
@@ -172,8 +197,8 @@ def render_networkmanager(plan):
         ipv4.append(("dns", ";".join(plan["dns_servers"]) + ";"))
     if plan.get("dns_search"):
         ipv4.append(("dns-search", ";".join(plan["dns_search"]) + ";"))
-    files[nm_name(br["name"])] = [
-        ("connection", [("id", nm_name(br["name"])), ("type", "bridge"),
+    files[_nm_name(br["name"])] = [
+        ("connection", [("id", _nm_name(br["name"])), ("type", "bridge"),
                         ("interface-name", br["name"]), ("autoconnect", "true"),
                         ("autoconnect-slaves", "1")]),
         ("ethernet", [("mtu", br["mtu"])]),
@@ -191,8 +216,8 @@ def render_networkmanager(plan):
             opts.append(("lacp_rate", port["lacp_rate"]))
         if port.get("xmit_hash_policy"):
             opts.append(("xmit_hash_policy", port["xmit_hash_policy"]))
-        files[nm_name(port["name"])] = [
-            ("connection", [("id", nm_name(port["name"])), ("type", "bond"),
+        files[_nm_name(port["name"])] = [
+            ("connection", [("id", _nm_name(port["name"])), ("type", "bond"),
                             ("interface-name", port["name"]), ("master", br["name"]),
                             ("slave-type", "bridge"), ("autoconnect", "true"),
                             ("autoconnect-slaves", "1")]),
@@ -200,9 +225,9 @@ def render_networkmanager(plan):
             ("bond", opts),
         ]
         nic_master, nic_type = port["name"], "bond"
-    for nic in nics_of(plan):
-        files[nm_name(nic)] = [
-            ("connection", [("id", nm_name(nic)), ("type", "ethernet"),
+    for nic in _nics_of(plan):
+        files[_nm_name(nic)] = [
+            ("connection", [("id", _nm_name(nic)), ("type", "ethernet"),
                             ("interface-name", nic), ("master", nic_master),
                             ("slave-type", nic_type), ("autoconnect", "true")]),
             ("ethernet", [("mtu", port["mtu"])]),
@@ -212,7 +237,15 @@ def render_networkmanager(plan):
 
 
 def nm_keyfile_interface(text):
-    """(id, interface-name, mac) of a keyfile's connection, or None if unreadable."""
+    """
+    (id, interface-name, mac) of a keyfile's connection, or None if unreadable.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call kvmcluster_netrender.nm_keyfile_interface "$(cat /etc/NetworkManager/system-connections/x.nmconnection)"
+    """
     cp = configparser.ConfigParser(interpolation=None, strict=False)
     try:
         cp.read_string(text)
@@ -225,10 +258,10 @@ def nm_keyfile_interface(text):
 
 # ---- netplan ----------------------------------------------------------------------------
 
-def netplan_doc(plan):
+def _netplan_doc(plan):
     br, port = plan["bridge"], plan["port"]
     eth = {nic: {"dhcp4": False, "dhcp6": False, "accept-ra": False, "mtu": port["mtu"]}
-           for nic in nics_of(plan)}
+           for nic in _nics_of(plan)}
     net = {"version": 2, "renderer": "networkd", "ethernets": eth}
     if port["kind"] == "bond":
         params = {"mode": port["mode"], "mii-monitor-interval": port["miimon"],
@@ -255,11 +288,11 @@ def netplan_doc(plan):
     return {"network": net}
 
 
-def render_netplan(plan):
-    return HEADER + yaml.safe_dump(netplan_doc(plan), default_flow_style=False, sort_keys=False)
+def _render_netplan(plan):
+    return HEADER + yaml.safe_dump(_netplan_doc(plan), default_flow_style=False, sort_keys=False)
 
 
-def strip_netplan(text, names):
+def _strip_netplan(text, names):
     """A netplan file without definitions of ``names``; None if nothing else is left."""
     try:
         doc = yaml.safe_load(text) or {}
@@ -295,7 +328,7 @@ def _ifcfg(pairs):
     return "\n".join(out) + "\n"
 
 
-def render_ifcfg(plan):
+def _render_ifcfg(plan):
     br, port = plan["bridge"], plan["port"]
     ip, prefix = plan["address"].split("/")
     br_pairs = [("DEVICE", br["name"]), ("TYPE", "Bridge"), ("ONBOOT", "yes"),
@@ -324,7 +357,7 @@ def render_ifcfg(plan):
             ("BOOTPROTO", "none"), ("MTU", port["mtu"]), ("IPV6INIT", "no"),
             ("NM_CONTROLLED", "no")]
         nic_pairs = [("MASTER", port["name"]), ("SLAVE", "yes")]
-    for nic in nics_of(plan):
+    for nic in _nics_of(plan):
         files[f"ifcfg-{nic}"] = [("DEVICE", nic), ("TYPE", "Ethernet"), ("ONBOOT", "yes"),
                                  ("BOOTPROTO", "none"), *nic_pairs, ("MTU", port["mtu"]),
                                  ("IPV6INIT", "no"), ("NM_CONTROLLED", "no")]
@@ -332,7 +365,15 @@ def render_ifcfg(plan):
 
 
 def parse_ifcfg(text):
-    """An ifcfg file as a dict, read the way initscripts sources it (shell assignments)."""
+    """
+    An ifcfg file as a dict, read the way initscripts sources it (shell assignments).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call kvmcluster_netrender.parse_ifcfg "$(cat /etc/sysconfig/network-scripts/ifcfg-br0)"
+    """
     out = {}
     for n, line in enumerate(text.splitlines(), 1):
         s = line.strip()
@@ -350,7 +391,7 @@ def parse_ifcfg(text):
 
 # ---- resolv.conf --------------------------------------------------------------------------
 
-def render_resolv(plan):
+def _render_resolv(plan):
     lines = [HEADER.rstrip("\n")]
     if plan.get("dns_search"):
         lines.append("search " + " ".join(plan["dns_search"]))
@@ -371,17 +412,23 @@ def target(backend, plan, current, resolv_managed=False):
         Whether /etc/resolv.conf is a plain file nobody else writes (then it is rendered).
 
     Returns ``{path: text or None}``: only paths that are ours or that change.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call kvmcluster_netrender.target ifupdown '{...plan...}' '{}'
     """
     names = set(interfaces_of(plan))
     out = {}
     if backend == "ifupdown":
-        out[OURS["ifupdown"][0]] = render_ifupdown(plan)
+        out[OURS["ifupdown"][0]] = _render_ifupdown(plan)
     elif backend == "netplan":
-        out[OURS["netplan"][0]] = render_netplan(plan)
+        out[OURS["netplan"][0]] = _render_netplan(plan)
     elif backend == "networkmanager":
-        out.update(render_networkmanager(plan))
+        out.update(_render_networkmanager(plan))
     elif backend == "ifcfg":
-        out.update(render_ifcfg(plan))
+        out.update(_render_ifcfg(plan))
     else:
         raise ValueError(f"unknown backend {backend!r}")
 
@@ -390,11 +437,11 @@ def target(backend, plan, current, resolv_managed=False):
             continue
         if path == IFUPDOWN_FILE:
             new = _ifupdown_main(text, names) if backend == "ifupdown" \
-                else strip_ifupdown(text, names)
+                else _strip_ifupdown(text, names)
         elif path.startswith(IFUPDOWN_DIR + "/"):
-            new = strip_ifupdown(text, names)
+            new = _strip_ifupdown(text, names)
         elif path.startswith(NETPLAN_DIR + "/"):
-            new = strip_netplan(text, names)
+            new = _strip_netplan(text, names)
         elif path.startswith(NM_DIR + "/"):
             info = nm_keyfile_interface(text)
             macs = {m.lower() for m in plan.get("nic_macs", [])}
@@ -414,5 +461,5 @@ def target(backend, plan, current, resolv_managed=False):
         if out[IFUPDOWN_FILE] == current.get(IFUPDOWN_FILE):
             del out[IFUPDOWN_FILE]
     if resolv_managed and backend != "networkmanager":
-        out[RESOLV_CONF] = render_resolv(plan)
+        out[RESOLV_CONF] = _render_resolv(plan)
     return out

@@ -61,7 +61,15 @@ def _ip_json(*args):
 
 
 def runtime():
-    """Links, IPv4 addresses and default routes, as ``ip -j`` reports them."""
+    """
+    Links, IPv4 addresses and default routes, as ``ip -j`` reports them.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call kvmcluster_nettxn.runtime
+    """
     links = {}
     for ln in _ip_json("-d", "link", "show"):
         info = ln.get("linkinfo") or {}
@@ -250,7 +258,7 @@ def _restore(txn, spec):
             _run(["ip", "route", "replace", "default", "via", r["gateway"], "dev", r["dev"]])
 
 
-def check(spec, timeout=CHECK_TIMEOUT):
+def _check(spec, timeout=CHECK_TIMEOUT):
     """Local check: the bridge holds the address, the NICs none, the gateway answers."""
     deadline = time.monotonic() + timeout
     reason = "not checked"
@@ -280,7 +288,7 @@ def check(spec, timeout=CHECK_TIMEOUT):
 
 # ---- the transaction steps (run by systemd) -----------------------------------------------
 
-def do_apply(path):
+def _do_apply(path):
     txn = Txn(path)
     spec = txn.spec
     with txn.lock():
@@ -290,7 +298,7 @@ def do_apply(path):
         txn.set_phase("applying")
         try:
             _activate(txn, spec)
-            ok, detail = check(spec)
+            ok, detail = _check(spec)
         except Exception as exc:  # pylint: disable=broad-except
             ok, detail = False, f"apply failed: {exc}"
         if ok:
@@ -303,7 +311,7 @@ def do_apply(path):
         return 2
 
 
-def do_rollback(path, reason):
+def _do_rollback(path, reason):
     txn = Txn(path)
     spec = txn.spec
     with txn.lock():
@@ -328,11 +336,11 @@ def _stop_timer(txn):
     _run(["systemctl", "stop", f"{txn.unit('rollback')}.timer"], timeout=30)
 
 
-def main(argv):
+def _main(argv):
     if len(argv) >= 2 and argv[0] == "apply":
-        return do_apply(argv[1])
+        return _do_apply(argv[1])
     if len(argv) >= 2 and argv[0] == "rollback":
-        return do_rollback(argv[1], argv[2] if len(argv) > 2 else "rollback requested")
+        return _do_rollback(argv[1], argv[2] if len(argv) > 2 else "rollback requested")
     print("usage: txn.py apply DIR | rollback DIR [REASON]", file=sys.stderr)
     return 64
 
@@ -482,7 +490,7 @@ def rollback(txn=None):
         raise CommandExecutionError("no pending network transaction" + (f" {txn}" if txn else ""))
     t = Txn(os.path.join(BASE, "txn", p["id"]))
     _stop_timer(t)
-    do_rollback(t.path, "rolled back on request")
+    _do_rollback(t.path, "rolled back on request")
     return dict(t.phase(), id=t.id)
 
 
@@ -508,4 +516,4 @@ def history(count=5):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(_main(sys.argv[1:]))

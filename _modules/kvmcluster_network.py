@@ -7,8 +7,11 @@ Rendering lives in ``kvmcluster_netrender``, the transaction with its dead-man s
 """
 import difflib
 import glob
+import ipaddress
+import json
 import os
 import shutil
+import subprocess
 import time
 
 try:
@@ -149,9 +152,22 @@ def _mode(path):
 
 
 def _session_address():
-    """The local address of the SSH session this run arrived on, if any."""
+    """The local address the management node reaches this node on: the SSH session's under
+    salt-ssh, the one towards the master (when it is given as an address) for a minion."""
     conn = os.environ.get("SSH_CONNECTION", "").split()
-    return conn[2] if len(conn) == 4 else None
+    if len(conn) == 4:
+        return conn[2]
+    master = __opts__.get("master")
+    try:
+        ipaddress.ip_address(master)
+    except (TypeError, ValueError):
+        return None
+    try:
+        got = subprocess.run(["ip", "-j", "route", "get", master], capture_output=True,
+                             text=True, timeout=10, check=False)
+        return (json.loads(got.stdout or "[]") or [{}])[0].get("prefsrc")
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
 
 
 def _runtime_diff(p, rt):
