@@ -163,9 +163,15 @@ def _write_files(spec, which):
         _put(path, f[which], f["mode"] if which == "new" else (f.get("old_mode") or f["mode"]))
 
 
+def _owned(spec):
+    """The bridge, the bond (when the port is one) and the NICs, each once, top down."""
+    bond = [spec["port"]] if spec["port"] not in spec["nics"] else []
+    return [spec["bridge"], *bond, *spec["nics"]], bond
+
+
 def _activate(txn, spec):
-    b, br, port, nics = spec["backend"], spec["bridge"], spec["port"], spec["nics"]
-    owned = [br, port, *nics] if port not in nics else [br, *nics]
+    b, br = spec["backend"], spec["bridge"]
+    owned, bond = _owned(spec)
     links = runtime()["links"]
     if b == "ifupdown":
         for n in reversed(owned):
@@ -174,7 +180,7 @@ def _activate(txn, spec):
                 _run(["ifdown", "--force", n], timeout=60)
         _write_files(spec, "new")
         _flush(owned, links)
-        ups = ([port] if port not in nics else []) + [br]
+        ups = [*bond, br]
         for n in ups:
             rc, out, err = _run(["ifup", "--force", n], timeout=90)
             txn.log(f"ifup {n}: rc={rc} {err.strip()[-300:]}")
@@ -182,7 +188,7 @@ def _activate(txn, spec):
         _write_files(spec, "new")
         _run(["nmcli", "connection", "reload"], timeout=60)
         _flush(owned, links)
-        for n in [br] + ([port] if port not in nics else []) + nics:
+        for n in owned:
             rc, out, err = _run(["nmcli", "--wait", "20", "connection", "up",
                                  f"kvmcluster-{n}"], timeout=40)
             txn.log(f"nmcli connection up kvmcluster-{n}: rc={rc} {err.strip()[-300:]}")
@@ -209,10 +215,11 @@ def _activate(txn, spec):
 
 
 def _restore(txn, spec):
-    b, br, port, nics = spec["backend"], spec["bridge"], spec["port"], spec["nics"]
+    b, br, nics = spec["backend"], spec["bridge"], spec["nics"]
+    owned, bond = _owned(spec)
     before = spec["before"]
     if b == "ifupdown":
-        for n in [br] + ([port] if port not in nics else []):
+        for n in [br, *bond]:
             _run(["ifdown", "--force", n], timeout=60)
     _write_files(spec, "old")
     if b == "networkmanager":
@@ -228,7 +235,7 @@ def _restore(txn, spec):
     for n in nics:
         if n in links and links[n]["master"] and links[n]["master"] != before["masters"].get(n):
             _run(["ip", "link", "set", n, "nomaster"])
-    _flush([n for n in (br, port, *nics) if n not in spec["created"]], links)
+    _flush([n for n in owned if n not in spec["created"]], links)
     # The backend takes its interfaces back first; then what it left out is put back by hand.
     if b == "ifupdown":
         for n in before["ifupdown_up"]:
@@ -241,8 +248,8 @@ def _restore(txn, spec):
             txn.log(f"nmcli connection up {cid}: rc={rc} {err.strip()[-200:]}")
     elif b == "netplan":
         _run(["networkctl", "reload"], timeout=60)
-        present = [n for n in (br, port, *nics) if n in runtime()["links"]]
-        _run(["networkctl", "reconfigure", *dict.fromkeys(present)], timeout=60)
+        present = [n for n in owned if n in runtime()["links"]]
+        _run(["networkctl", "reconfigure", *present], timeout=60)
     elif b == "ifcfg":
         _run(["systemctl", "restart", "network.service"], timeout=120)
     now = runtime()
