@@ -49,8 +49,10 @@ STRICTNESS = {"fail", "warn"}
 # Keys each mapping may hold (the defaults hold the rest of the schema).
 NODE_KEYS = {
     "ip", "hostname", "gateway", "dns_servers", "dns_search", "nic", "mac", "mtu", "bond",
-    "bridge", "backend", "roles", "os_family",
+    "bridge", "backend", "roles", "os_family", "ip6", "gateway6",
 }
+CONFIRM_MODES = {"auto", "manual"}
+GATEWAY_CHECKS = {"arp", "icmp", "none"}
 NODE_BOND_KEYS = {"name", "slaves", "mode", "miimon", "updelay", "downdelay",
                   "xmit_hash_policy", "lacp_rate", "mtu"}
 NODE_BRIDGE_KEYS = {"name", "mtu", "stp", "forward_delay"}
@@ -274,6 +276,22 @@ def _check_cluster(errors, c):
     _int(errors, None, f"{ROOT}:network:rollback_timeout", c["network"].get("rollback_timeout"),
          30, 3600)
     _bool(errors, None, f"{ROOT}:network:manage", c["network"].get("manage"))
+    _bool(errors, None, f"{ROOT}:network:ipv6_autoconf", c["network"].get("ipv6_autoconf"))
+    if c["network"].get("confirm") not in CONFIRM_MODES:
+        errors.add(None, f"{ROOT}:network:confirm", f"{c['network'].get('confirm')!r} must be "
+                   "auto (the node confirms itself when its management peer answers) or manual")
+    chk = c["network"].get("check")
+    if not isinstance(chk, dict):
+        errors.add(None, f"{ROOT}:network:check", "must be a mapping (gateway: arp|icmp|none)")
+    else:
+        _unknown(errors, None, f"{ROOT}:network:check", chk, {"gateway"})
+        if chk.get("gateway") not in GATEWAY_CHECKS:
+            errors.add(None, f"{ROOT}:network:check:gateway", f"{chk.get('gateway')!r} must be "
+                       "arp (neighbour resolution), icmp (echo) or none")
+    if c.get("gateway6") is not None:
+        gw6 = _addr(errors, None, f"{ROOT}:gateway6", c["gateway6"])
+        if gw6 is not None and gw6.version != 6:
+            errors.add(None, f"{ROOT}:gateway6", f"{gw6} is not an IPv6 address")
     lnet = c["network"].get("libvirt_network")
     if lnet is not None and not (isinstance(lnet, str) and _POOL_NAME.match(lnet)):
         errors.add(None, f"{ROOT}:network:libvirt_network",
@@ -405,6 +423,8 @@ def _check_node(errors, c, subnets, name, entry, self_id, self_os_family):
         if gwa and iface is not None and gwa == iface.ip:
             errors.add(name, gw_key, f"{gwa} is the node's own address")
     out["gateway"] = None if gw is None else str(gw)
+    _check_ip6(errors, c, name, key, entry, iface, out)
+    out["ipv6_autoconf"] = c["network"].get("ipv6_autoconf", True)
     dns = entry.get("dns_servers", c.get("dns_servers"))
     for i, d in enumerate(_list(errors, name, f"{key}:dns_servers", dns)):
         if "dns_servers" in entry:
@@ -499,6 +519,44 @@ def _check_node(errors, c, subnets, name, entry, self_id, self_os_family):
     return out
 
 
+def _check_ip6(errors, c, name, key, entry, iface, out):
+    """Optional static IPv6 on the bridge: ``ip6`` (address/prefix), ``gateway6`` on-link."""
+    out["address6"], out["gateway6"] = [], None
+    if entry.get("ip6") is None:
+        if entry.get("gateway6") is not None:
+            errors.add(name, f"{key}:gateway6", "is given but the node has no ip6")
+        return
+    raw = entry["ip6"]
+    try:
+        if not isinstance(raw, str) or "/" not in raw:
+            raise ValueError
+        if6 = ipaddress.ip_interface(raw)
+        if if6.version != 6:
+            raise ValueError
+    except ValueError:
+        errors.add(name, f"{key}:ip6", f"{str(raw)[:80]!r} is not an IPv6 address/prefix, "
+                   "e.g. fd00:30:10::41/64")
+        return
+    if iface is not None and iface.version == 6:
+        errors.add(name, f"{key}:ip6", "the node's ip is already IPv6; ip6 adds one beside IPv4")
+        return
+    if if6.ip.is_link_local or if6.ip.is_multicast or if6.ip.is_unspecified:
+        errors.add(name, f"{key}:ip6", f"{if6.ip} is not a unicast global or ULA address")
+        return
+    out["address6"] = [str(if6)]
+    gw = entry.get("gateway6", c.get("gateway6"))
+    gw_key = f"{key}:gateway6" if "gateway6" in entry else f"{ROOT}:gateway6"
+    if gw is not None:
+        gwa = _addr(errors, name, gw_key, gw)
+        if gwa is not None and (gwa.version != 6 or (gwa not in if6.network
+                                                     and not gwa.is_link_local)):
+            errors.add(name, gw_key, f"{gwa} is not on-link for {if6} (not in {if6.network})")
+        elif gwa is not None and gwa == if6.ip:
+            errors.add(name, gw_key, f"{gwa} is the node's own address")
+        else:
+            out["gateway6"] = str(gwa) if gwa is not None else None
+
+
 def _check_across(errors, c, nodes):
     seen_ip, seen_mac, seen_host = {}, {}, {}
     gw = str(c.get("gateway")) if c.get("gateway") is not None else None
@@ -511,6 +569,12 @@ def _check_across(errors, c, nodes):
             seen_ip.setdefault(n["ip"], name)
             if gw and n["ip"] == gw:
                 errors.add(name, f"{key}:ip", f"{n['ip']} is the cluster gateway")
+        for a in n.get("address6") or []:
+            ip6 = a.split("/")[0]
+            if ip6 in seen_ip:
+                errors.add(name, f"{key}:ip6", f"{ip6} is also the address of node "
+                           f"{seen_ip[ip6]}")
+            seen_ip.setdefault(ip6, name)
         if n.get("mac"):
             if n["mac"] in seen_mac:
                 errors.add(name, f"{key}:mac", f"{n['mac']} is also the MAC of node "
@@ -590,7 +654,8 @@ def _check_storage(errors, c, nodes):
     _int(errors, None, f"{k}:secondary:wait_timeout", sec.get("wait_timeout"), 5, 3600)
     if not sec.get("clients"):
         sec["clients"] = sorted((n["ip"] for n in nodes.values() if n.get("ip")),
-                                key=ipaddress.ip_address)
+                                key=lambda a: (ipaddress.ip_address(a).version,
+                                               ipaddress.ip_address(a)))
 
 
 def format_errors(errors):

@@ -161,6 +161,8 @@ def _render_ifupdown(plan):
         lines.append(f"    dns-nameservers {' '.join(plan['dns_servers'])}")
     if plan.get("dns_search"):
         lines.append(f"    dns-search {' '.join(plan['dns_search'])}")
+    lines += [f"    up ip -4 route replace {r['dst']}{_via(r)} dev {br['name']}{_metric(r)}"
+              for r in _routes(plan, 4)]
     lines += [
         f"    bridge_ports {port['name']}",
         f"    bridge_stp {'on' if br['stp'] else 'off'}",
@@ -169,7 +171,32 @@ def _render_ifupdown(plan):
         f"    hwaddress ether {plan['mac']}",
         f"    mtu {br['mtu']}",
     ]
+    six = plan.get("address6") or []
+    if six:
+        lines += ["", f"iface {br['name']} inet6 static", f"    address {six[0]}"]
+        if plan.get("gateway6"):
+            lines.append(f"    gateway {plan['gateway6']}")
+        lines += [f"    up ip -6 addr replace {a} dev {br['name']}" for a in six[1:]]
+        lines.append(f"    autoconf {1 if plan.get('ipv6_autoconf', True) else 0}")
+        lines.append(f"    accept_ra {2 if plan.get('ipv6_autoconf', True) else 0}")
+    elif plan.get("ipv6_autoconf", True):
+        lines += ["", f"iface {br['name']} inet6 auto"]
+    if six or plan.get("ipv6_autoconf", True):
+        lines += [f"    up ip -6 route replace {r['dst']}{_via(r)} dev {br['name']}{_metric(r)}"
+                  for r in _routes(plan, 6)]
     return "\n".join(lines) + "\n"
+
+
+def _routes(plan, family):
+    return [r for r in plan.get("routes") or [] if r["family"] == family]
+
+
+def _via(r):
+    return f" via {r['gateway']}" if r.get("gateway") else ""
+
+
+def _metric(r):
+    return f" metric {r['metric']}" if r.get("metric") else ""
 
 
 # ---- NetworkManager keyfiles ------------------------------------------------------------
@@ -197,6 +224,17 @@ def _render_networkmanager(plan):
         ipv4.append(("dns", ";".join(plan["dns_servers"]) + ";"))
     if plan.get("dns_search"):
         ipv4.append(("dns-search", ";".join(plan["dns_search"]) + ";"))
+    ipv4 += _nm_routes(plan, 4)
+    six, auto6 = plan.get("address6") or [], plan.get("ipv6_autoconf", True)
+    # eui64: the bridge carries the port's MAC, so SLAAC gives it the port's old address.
+    ipv6 = [("method", "auto" if auto6 else ("manual" if six else "ignore"))]
+    if auto6 or six:
+        ipv6.append(("addr-gen-mode", "eui64"))
+    for i, a in enumerate(six, 1):
+        gw = f",{plan['gateway6']}" if i == 1 and plan.get("gateway6") else ""
+        ipv6.append((f"address{i}", a + gw))
+    if auto6 or six:
+        ipv6 += _nm_routes(plan, 6)
     files[_nm_name(br["name"])] = [
         ("connection", [("id", _nm_name(br["name"])), ("type", "bridge"),
                         ("interface-name", br["name"]), ("autoconnect", "true"),
@@ -205,7 +243,7 @@ def _render_networkmanager(plan):
         ("bridge", [("mac-address", plan["mac"].upper()), ("stp", str(br["stp"]).lower()),
                     ("forward-delay", br["forward_delay"])]),
         ("ipv4", ipv4),
-        ("ipv6", [("method", "disabled")]),
+        ("ipv6", ipv6),
     ]
     nic_master = br["name"]
     nic_type = "bridge"
@@ -234,6 +272,16 @@ def _render_networkmanager(plan):
         ]
     return {posixpath.join(NM_DIR, f"{name}.nmconnection"): _ini(sections)
             for name, sections in files.items()}
+
+
+def _nm_routes(plan, family):
+    out = []
+    for i, r in enumerate(_routes(plan, family), 1):
+        val = r["dst"] + (f",{r['gateway']}" if r.get("gateway") else "")
+        if r.get("metric"):
+            val += ("" if r.get("gateway") else ",") + f",{r['metric']}"
+        out.append((f"route{i}", val))
+    return out
 
 
 def nm_keyfile_interface(text):
@@ -273,14 +321,31 @@ def _netplan_doc(plan):
         net["bonds"] = {port["name"]: {"interfaces": list(port["slaves"]), "mtu": port["mtu"],
                                        "dhcp4": False, "dhcp6": False, "accept-ra": False,
                                        "parameters": params}}
+    auto6 = bool(plan.get("ipv6_autoconf", True))
     bridge = {
         "interfaces": [port["name"]], "macaddress": plan["mac"], "mtu": br["mtu"],
-        "dhcp4": False, "dhcp6": False, "accept-ra": False,
-        "addresses": [plan["address"]],
+        "dhcp4": False, "dhcp6": False, "accept-ra": auto6,
+        "addresses": [plan["address"], *(plan.get("address6") or [])],
         "parameters": {"stp": bool(br["stp"]), "forward-delay": br["forward_delay"]},
     }
+    if auto6:
+        bridge["ipv6-address-generation"] = "eui64"
+    routes = []
     if plan.get("gateway"):
-        bridge["routes"] = [{"to": "default", "via": plan["gateway"]}]
+        routes.append({"to": "default", "via": plan["gateway"]})
+    if plan.get("gateway6"):
+        routes.append({"to": "::/0", "via": plan["gateway6"]})
+    for r in plan.get("routes") or []:
+        route = {"to": r["dst"]}
+        if r.get("gateway"):
+            route["via"] = r["gateway"]
+        else:
+            route["scope"] = "link"
+        if r.get("metric"):
+            route["metric"] = r["metric"]
+        routes.append(route)
+    if routes:
+        bridge["routes"] = routes
     if plan.get("dns_servers") or plan.get("dns_search"):
         bridge["nameservers"] = {"addresses": list(plan.get("dns_servers") or []),
                                  "search": list(plan.get("dns_search") or [])}
@@ -292,7 +357,20 @@ def _render_netplan(plan):
     return HEADER + yaml.safe_dump(_netplan_doc(plan), default_flow_style=False, sort_keys=False)
 
 
-def _strip_netplan(text, names):
+def _netplan_binds(d, names, macs):
+    """Whether a netplan definition keyed by another id binds one of ``names`` (by match,
+    set-name or NetworkManager passthrough): Ubuntu stores NM profiles as ``NM-<uuid>``."""
+    if not isinstance(d, dict):
+        return False
+    match = d.get("match") if isinstance(d.get("match"), dict) else {}
+    nm = d.get("networkmanager") if isinstance(d.get("networkmanager"), dict) else {}
+    passthrough = nm.get("passthrough") if isinstance(nm.get("passthrough"), dict) else {}
+    bound = {match.get("name"), d.get("set-name"), passthrough.get("connection.interface-name")}
+    mac = str(match.get("macaddress") or passthrough.get("ethernet.mac-address") or "").lower()
+    return bool(bound & set(names)) or bool(mac and mac in macs)
+
+
+def _strip_netplan(text, names, macs=()):
     """A netplan file without definitions of ``names``; None if nothing else is left."""
     try:
         doc = yaml.safe_load(text) or {}
@@ -306,7 +384,7 @@ def _strip_netplan(text, names):
         defs = netw.get(kind)
         if not isinstance(defs, dict):
             continue
-        for n in [n for n in defs if n in names]:
+        for n in [n for n, d in defs.items() if n in names or _netplan_binds(d, names, macs)]:
             del defs[n]
             touched = True
         if not defs:
@@ -339,9 +417,19 @@ def _render_ifcfg(plan):
         br_pairs.append((f"DNS{i}", d))
     if plan.get("dns_search"):
         br_pairs.append(("DOMAIN", " ".join(plan["dns_search"])))
+    six, auto6 = plan.get("address6") or [], plan.get("ipv6_autoconf", True)
     br_pairs += [("STP", "yes" if br["stp"] else "no"), ("DELAY", br["forward_delay"]),
-                 ("MACADDR", plan["mac"]), ("MTU", br["mtu"]), ("IPV6INIT", "no"),
-                 ("NM_CONTROLLED", "no")]
+                 ("MACADDR", plan["mac"]), ("MTU", br["mtu"]),
+                 ("IPV6INIT", "yes" if auto6 or six else "no")]
+    if auto6 or six:
+        br_pairs.append(("IPV6_AUTOCONF", "yes" if auto6 else "no"))
+    if six:
+        br_pairs.append(("IPV6ADDR", six[0]))
+        if six[1:]:
+            br_pairs.append(("IPV6ADDR_SECONDARIES", " ".join(six[1:])))
+    if plan.get("gateway6"):
+        br_pairs.append(("IPV6_DEFAULTGW", plan["gateway6"]))
+    br_pairs.append(("NM_CONTROLLED", "no"))
     files = {f"ifcfg-{br['name']}": br_pairs}
     nic_pairs = [("BRIDGE", br["name"])]
     if port["kind"] == "bond":
@@ -361,7 +449,14 @@ def _render_ifcfg(plan):
         files[f"ifcfg-{nic}"] = [("DEVICE", nic), ("TYPE", "Ethernet"), ("ONBOOT", "yes"),
                                  ("BOOTPROTO", "none"), *nic_pairs, ("MTU", port["mtu"]),
                                  ("IPV6INIT", "no"), ("NM_CONTROLLED", "no")]
-    return {posixpath.join(IFCFG_DIR, name): _ifcfg(pairs) for name, pairs in files.items()}
+    out = {posixpath.join(IFCFG_DIR, name): _ifcfg(pairs) for name, pairs in files.items()}
+    for family, name in ((4, "route"), (6, "route6")):
+        lines = [f"{r['dst']}{_via(r)} dev {br['name']}{_metric(r)}"
+                 for r in _routes(plan, family)]
+        if lines:
+            out[posixpath.join(IFCFG_DIR, f"{name}-{br['name']}")] = \
+                HEADER + "\n".join(lines) + "\n"
+    return out
 
 
 def parse_ifcfg(text):
@@ -441,7 +536,7 @@ def target(backend, plan, current, resolv_managed=False):
         elif path.startswith(IFUPDOWN_DIR + "/"):
             new = _strip_ifupdown(text, names)
         elif path.startswith(NETPLAN_DIR + "/"):
-            new = _strip_netplan(text, names)
+            new = _strip_netplan(text, names, {m.lower() for m in plan.get("nic_macs", [])})
         elif path.startswith(NM_DIR + "/"):
             info = nm_keyfile_interface(text)
             macs = {m.lower() for m in plan.get("nic_macs", [])}

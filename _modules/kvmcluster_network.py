@@ -44,10 +44,18 @@ def _active(unit):
     return rc == 0
 
 
+def _has_network_scripts():
+    """initscripts' network.service (the network-scripts package), which EL9 no longer ships."""
+    return any(os.path.exists(p) for p in ("/etc/rc.d/init.d/network",
+                                           "/usr/lib/systemd/system/network.service",
+                                           "/etc/sysconfig/network-scripts/network-functions"))
+
+
 def detect_backend():
     """
     The network backend that configures this node now: networkmanager where NetworkManager
-    runs; otherwise netplan where /etc/netplan holds files; ifcfg on RHEL; ifupdown on Debian.
+    runs; otherwise netplan where /etc/netplan holds files; on RHEL ifcfg where network-scripts
+    is installed (EL7/8), NetworkManager keyfiles otherwise (EL9 and later); ifupdown on Debian.
 
     CLI Example:
 
@@ -61,11 +69,42 @@ def detect_backend():
     if glob.glob("/etc/netplan/*.yaml") and shutil.which("netplan"):
         return "netplan"
     if family == "RedHat":
-        return "ifcfg" if os.path.isdir("/etc/sysconfig/network-scripts") else "networkmanager"
+        return "ifcfg" if _has_network_scripts() and _osmajor() < 9 else "networkmanager"
     if os.path.exists("/etc/network/interfaces") or shutil.which("ifup"):
         return "ifupdown"
     raise CommandExecutionError("cannot tell which network backend configures this node; set "
                                 "kvmcluster:network:backend (or nodes:<id>:backend)")
+
+
+def _osmajor():
+    try:
+        return int(__grains__.get("osmajorrelease") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def check_backend(me, backend):
+    """
+    Refuse a backend this node cannot run, naming the pillar key: ifcfg needs network-scripts,
+    which RHEL 9 and its rebuilds do not ship.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call kvmcluster_network.check_backend '{"name": "kvm01"}' ifcfg
+    """
+    if backend != "ifcfg":
+        return True
+    if _osmajor() >= 9 or not _has_network_scripts():
+        key = (f"kvmcluster:nodes:{me['name']}:backend" if me.get("backend") == "ifcfg"
+               else "kvmcluster:network:backend")
+        raise CommandExecutionError(
+            f"[{me['name']}] {key}: ifcfg needs the network-scripts package and network.service, "
+            f"which {__grains__.get('os', 'this OS')} {__grains__.get('osmajorrelease', '')} "
+            "does not ship (RHEL 9 and its rebuilds dropped them); use networkmanager "
+            "(keyfiles, the default there); nothing was changed")
+    return True
 
 
 def runtime():
@@ -109,10 +148,19 @@ def plan(me, rt=None):
                                     f"{'does' if len(missing) == 1 else 'do'} not exist on this node (NICs here: {', '.join(phys) or 'none'}); "
                                     "nothing was changed")
     macs = [_nic_mac(rt["links"][n]) for n in nics]
+    bridge = dict(me["bridge"])
+    owned = {bridge["name"], port["name"], *nics}
+    # Routes an operator added on the port (or already on the bridge) go with the address.
+    routes = sorted(({"family": r["family"], "dst": r["dst"], "gateway": r.get("gateway"),
+                      "metric": r.get("metric")}
+                     for r in rt.get("static_routes", []) if r.get("dev") in owned),
+                    key=lambda r: (r["family"], r["dst"], r.get("gateway") or ""))
     return {
         "name": me["name"], "address": me["address"], "ip": me["ip"], "gateway": me.get("gateway"),
+        "address6": me.get("address6"), "gateway6": me.get("gateway6"),
+        "ipv6_autoconf": me.get("ipv6_autoconf", True),
         "dns_servers": me.get("dns_servers", []), "dns_search": me.get("dns_search", []),
-        "bridge": dict(me["bridge"]), "port": port, "nics": nics,
+        "bridge": bridge, "port": port, "nics": nics, "routes": routes,
         "mac": (me.get("mac") or macs[0]).lower(), "nic_macs": macs,
     }
 
@@ -151,23 +199,43 @@ def _mode(path):
         return None
 
 
-def _session_address():
-    """The local address the management node reaches this node on: the SSH session's under
-    salt-ssh, the one towards the master (when it is given as an address) for a minion."""
+def _session():
+    """The management session: the local address the management node reaches this node on,
+    and the peer to prove the new path with (address, TCP port). Under salt-ssh the SSH
+    connection's; for a minion its master's (when the master is given as an address)."""
     conn = os.environ.get("SSH_CONNECTION", "").split()
     if len(conn) == 4:
-        return conn[2]
+        return conn[2], {"address": conn[0], "port": 22}
     master = __opts__.get("master")
     try:
         ipaddress.ip_address(master)
     except (TypeError, ValueError):
-        return None
+        return None, None
+    peer = {"address": master, "port": int(__opts__.get("master_port") or 4506)}
     try:
         got = subprocess.run(["ip", "-j", "route", "get", master], capture_output=True,
                              text=True, timeout=10, check=False)
-        return (json.loads(got.stdout or "[]") or [{}])[0].get("prefsrc")
+        return (json.loads(got.stdout or "[]") or [{}])[0].get("prefsrc"), peer
     except (OSError, ValueError, subprocess.TimeoutExpired):
-        return None
+        return None, peer
+
+
+def apply_bound(backend, devices, mode="restart"):
+    """
+    Seconds an apply plus its local check needs at least on ``backend`` for ``devices``
+    interfaces; a rollback timeout below it is refused before anything changes.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call kvmcluster_network.apply_bound networkmanager 2
+    """
+    if mode == "reload":
+        return 15
+    per = {"ifupdown": (10, 5), "networkmanager": (10, 5), "netplan": (15, 3),
+           "ifcfg": (20, 3)}.get(backend, (20, 5))
+    return per[0] + per[1] * int(devices) + 10
 
 
 def _runtime_diff(p, rt):
@@ -209,6 +277,15 @@ def _runtime_diff(p, rt):
     if p.get("gateway") and not any(r["gateway"] == p["gateway"] and r["dev"] == br["name"]
                                     for r in rt["routes"]):
         out.append(f"no default route via {p['gateway']} on {br['name']}")
+    for a in p.get("address6") or []:
+        if a not in addrs.get(br["name"], []):
+            out.append(f"{br['name']} does not hold {a}")
+    if p.get("gateway6") and not any(r["gateway"] == p["gateway6"] and r["dev"] == br["name"]
+                                     for r in rt.get("routes6", [])):
+        out.append(f"no IPv6 default route via {p['gateway6']} on {br['name']}")
+    for r in rt.get("static_routes", []):
+        if r.get("dev") in [port["name"], *nics]:
+            out.append(f"route {r['dst']} is on {r['dev']}, not {br['name']}")
     return out
 
 
@@ -227,11 +304,14 @@ def guests_on(bridge, rt=None, own=()):
                   if ln["master"] == bridge and n not in own)
 
 
-def evaluate(me, backend=None, rollback_after=90):
+def evaluate(me, backend=None, rollback_after=90, settings=None):
     """
     Target against current for this node: the backend, the file diffs, the runtime effect
-    (addresses and default route that move, the bridge's MAC, whether the management
-    session's interface is touched), the risk class, and the transaction spec to apply it.
+    (addresses and routes that move, the bridge's MAC, whether the management session's
+    address stays), the risk class, who confirms, and the transaction spec to apply it.
+
+    settings
+        The model's ``network`` block (``confirm``, ``check``); defaults: auto, arp.
 
     CLI Example:
 
@@ -239,9 +319,11 @@ def evaluate(me, backend=None, rollback_after=90):
 
         salt-call kvmcluster_network.evaluate '{"name": "kvm01", ...}'
     """
+    settings = settings or {}
     rt = runtime()
     p = plan(me, rt)
     backend = backend or detect_backend()
+    check_backend(me, backend)
     current = read_files()
     resolv_plain = os.path.isfile("/etc/resolv.conf") and not os.path.islink("/etc/resolv.conf")
     target = __salt__["kvmcluster_netrender.target"](backend, p, current,
@@ -264,25 +346,43 @@ def evaluate(me, backend=None, rollback_after=90):
     missing = _runtime_diff(p, rt)
     br, port, nics = p["bridge"]["name"], p["port"]["name"], p["nics"]
     owned = {br, port, *nics}
+    wanted = [p["address"], *(p.get("address6") or [])]
     moves = []
     for dev in sorted(owned - {br}):
         for a in rt["addrs"].get(dev, []):
-            moves.append({"address": a, "from": dev, "to": br if a == p["address"] else None})
-    if p["address"] not in rt["addrs"].get(br, []) and not any(
-            m["address"] == p["address"] for m in moves):
-        holder = [d for d, al in rt["addrs"].items() if p["address"] in al]
-        moves.append({"address": p["address"], "from": holder[0] if holder else None, "to": br})
-    route_old = [f"via {r['gateway']} dev {r['dev']}" for r in rt["routes"]]
+            moves.append({"address": a, "from": dev, "to": br if a in wanted else None})
+        for a in rt.get("slaac", {}).get(dev, []):
+            moves.append({"address": a, "from": dev,
+                          "to": f"{br} (SLAAC)" if p.get("ipv6_autoconf", True) else None})
+    for a in wanted:
+        if a not in rt["addrs"].get(br, []) and not any(m["address"] == a for m in moves):
+            holder = [d for d, al in rt["addrs"].items() if a in al]
+            moves.append({"address": a, "from": holder[0] if holder else None, "to": br})
+    routes_moved = [dict(r, dev=br) for r in p["routes"]]
+    route_moves = [f"{r['dst']}{' via ' + r['gateway'] if r.get('gateway') else ''}: "
+                   f"{r['dev']} -> {br}" for r in rt.get("static_routes", [])
+                   if r.get("dev") in owned - {br}]
+    route_old = sorted({f"via {r['gateway']} dev {r['dev']}" for r in rt["routes"]})
     route_new = [f"via {p['gateway']} dev {br}"] if p.get("gateway") else route_old
-    sess = _session_address()
+    route6_old = sorted({f"via {r['gateway']} dev {r['dev']}" for r in rt.get("routes6", [])
+                         if r.get("dev") in owned or p.get("gateway6")})
+    route6_new = [f"via {p['gateway6']} dev {br}"] if p.get("gateway6") else [
+        x.replace(f"dev {port}", f"dev {br}") for x in route6_old]
+    sess, peer = _session()
     sess_dev = next((d for d, al in rt["addrs"].items()
                      if sess and any(a.split("/")[0] == sess for a in al)), None)
     session_touched = bool(sess_dev in owned and (missing or files))
+    kept = bool(sess) and (sess in (p["ip"], *[a.split("/")[0] for a in wanted])
+                           or sess_dev not in owned)
     effect = {}
     if moves:
         effect["addresses"] = moves
+    if route_moves:
+        effect["routes"] = route_moves
     if sorted(route_old) != sorted(route_new):
         effect["default_route"] = {"old": route_old, "new": route_new}
+    if sorted(route6_old) != sorted(route6_new):
+        effect["default_route6"] = {"old": route6_old, "new": route6_new}
     mac_now = rt["links"].get(br, {}).get("mac")
     if mac_now != p["mac"]:
         effect["bridge_mac"] = {"old": mac_now, "new": p["mac"]}
@@ -292,32 +392,74 @@ def evaluate(me, backend=None, rollback_after=90):
         effect["creates"] = created
     if sess:
         effect["management_session"] = {
-            "address": sess, "interface": sess_dev, "touched": session_touched,
-            "kept": sess == p["ip"] or sess_dev not in owned}
+            "address": sess, "interface": sess_dev, "touched": session_touched, "kept": kept}
     if not files and not missing:
         risk = "no-op"
-    elif missing or moves or created or "default_route" in effect:
+    elif missing or moves or created or route_moves or "default_route" in effect:
         risk = "disruptive"
     else:
         risk = "non-disruptive"
+    # Who confirms: the node itself when the session's address stays and its peer is known;
+    # the management node otherwise (re-addressing, or confirm: manual).
+    if settings.get("confirm", "auto") == "manual":
+        confirm_by, why = "management", "network:confirm is manual"
+    elif not sess or not peer:
+        confirm_by, why = "management", "no management session to prove the new path with"
+    elif not kept:
+        confirm_by, why = "management", f"the management address {sess} moves"
+    else:
+        confirm_by, why = "node", (f"the management address {sess} stays; the node confirms "
+                                   f"when {peer['address']} answers over {br}")
+    effect["confirmation"] = {"by": confirm_by, "why": why}
+    mode = "reload" if risk == "non-disruptive" else "restart"
+    bound = apply_bound(backend, len(owned), mode)
+    if risk != "no-op" and int(rollback_after) < bound:
+        raise CommandExecutionError(
+            f"[{me['name']}] kvmcluster:network:rollback_timeout: {rollback_after}s is shorter "
+            f"than this {backend} change can take ({bound}s for {len(owned)} interfaces); "
+            "raise it; nothing was changed")
+    nm = backend == "ifcfg"
     spec = {
         "backend": backend, "bridge": br, "port": port, "nics": nics,
-        "address": p["address"], "gateway": p.get("gateway"), "files": files,
+        "address": p["address"], "ip": p["ip"], "gateway": p.get("gateway"),
+        "address6": list(p.get("address6") or []), "gateway6": p.get("gateway6"),
+        "routes_moved": routes_moved, "files": files, "mode": mode,
         "created": created, "rollback_after": int(rollback_after),
-        "deadline": time.time() + int(rollback_after),
+        "confirm": "auto" if confirm_by == "node" else "manual", "peer": peer,
+        "check": {"gateway": (settings.get("check") or {}).get("gateway", "arp")},
         "before": {
             "addrs": {d: rt["addrs"].get(d, []) for d in owned if d in rt["links"]},
-            "routes": rt["routes"],
+            "routes": rt["routes"], "routes6": rt.get("routes6", []),
+            "static_routes": [r for r in rt.get("static_routes", []) if r.get("dev") in owned],
             "masters": {n: rt["links"].get(n, {}).get("master") for n in nics},
             "ifupdown_up": _ifupdown_up(owned),
             "nm_active": _nm_ids([f for f, v in files.items() if v["new"] is None]),
             "nm_reup": _nm_ids([f for f, v in files.items()
                                 if v["new"] is not None and v["old"] is not None]),
+            "nm_enabled": nm and _enabled("NetworkManager.service"),
+            "nm_running": nm and _active("NetworkManager.service"),
+            "zone": _firewalld_zone(port),
         },
     }
     return {"backend": backend, "plan": p, "files": diffs, "runtime_missing": missing,
             "effect": effect, "risk": risk, "spec": spec,
             "guests": guests_on(br, rt, own={port, *nics})}
+
+
+def _enabled(unit):
+    rc = __salt__["cmd.retcode"](["systemctl", "is-enabled", "--quiet", unit],
+                                 python_shell=False, ignore_retcode=True)
+    return rc == 0
+
+
+def _firewalld_zone(iface):
+    """The firewalld zone ``iface`` is in, where firewalld runs (None otherwise)."""
+    if not shutil.which("firewall-cmd") or not _active("firewalld.service"):
+        return None
+    out = __salt__["cmd.run_stdout"](["firewall-cmd", f"--get-zone-of-interface={iface}"],
+                                     python_shell=False, ignore_retcode=True)
+    zone = (out or "").strip()
+    return zone if zone and " " not in zone and zone != "no zone" else None
 
 
 def _ifupdown_up(names):

@@ -1,7 +1,9 @@
 """
 The bridge takeover: the node's IP moves onto the bridge (over a NIC or a bond), written for
-the node's network backend, applied as one transaction that rolls itself back unless the
-management node confirms it (``kvmcluster_network.confirm``) within the rollback timeout.
+the node's network backend, applied as one transaction that rolls itself back unless it is
+confirmed: by the node itself when the management session's address stays and its peer
+answers over the new path, otherwise by the management node (``kvmcluster_network.confirm``)
+within the rollback timeout.
 
 Under ``test=True`` the state reports the exact file diffs, what moves at runtime and the
 risk class, and changes nothing.
@@ -38,6 +40,11 @@ def _effect_lines(ev):
     if "bridge_mac" in eff:
         out.append(f"{ev['plan']['bridge']['name']} MAC: {eff['bridge_mac']['old'] or 'new'} -> "
                    f"{eff['bridge_mac']['new']}")
+    for r in eff.get("routes", []):
+        out.append(f"route {r}")
+    if "default_route6" in eff:
+        out.append(f"IPv6 default route: {', '.join(eff['default_route6']['old']) or 'none'} "
+                   f"-> {', '.join(eff['default_route6']['new'])}")
     sess = eff.get("management_session")
     if sess:
         out.append(f"management session on {sess['address']} ({sess['interface']}): "
@@ -61,10 +68,11 @@ def bridged(name, packages=None, backend=None):
     view = __salt__["kvmcluster_model.current"]()
     me = view["self"]
     packages = packages or {}
-    if not view["network"].get("manage", True):
+    settings = view["network"]
+    if not settings.get("manage", True):
         ret["comment"] = "the bridge is not managed here (kvmcluster:network:manage is false)"
         return ret
-    rollback_after = view["network"]["rollback_timeout"]
+    rollback_after = settings["rollback_timeout"]
     pending = __salt__["kvmcluster_nettxn.pending"]()
     if pending:
         ret["result"] = False
@@ -83,46 +91,51 @@ def bridged(name, packages=None, backend=None):
         ret["comment"] = str(exc)
         return ret
     missing_pkgs = _missing_pkgs(backend, plan, packages)
-    if missing_pkgs and not __opts__["test"]:
-        res = __salt__["pkg.install"](pkgs=missing_pkgs)
-        ret["changes"]["packages"] = {"old": [], "new": sorted(res)}
-        still = _missing_pkgs(backend, plan, packages)
-        if still:
-            ret["result"] = False
-            ret["comment"] = f"could not install {', '.join(still)} for backend {backend}"
-            return ret
+    changes = {}
+    if missing_pkgs:
+        # The same key both ways: the packages asked for (dependencies are the tool's).
+        changes["packages"] = {"old": [], "new": sorted(missing_pkgs)}
+        if not __opts__["test"]:
+            __salt__["pkg.install"](pkgs=missing_pkgs)
+            still = _missing_pkgs(backend, plan, packages)
+            if still:
+                ret["result"] = False
+                ret["comment"] = f"could not install {', '.join(still)} for backend {backend}"
+                return ret
     try:
-        ev = __salt__["kvmcluster_network.evaluate"](me, backend, rollback_after)
+        ev = __salt__["kvmcluster_network.evaluate"](me, backend, rollback_after, settings)
     except Exception as exc:  # pylint: disable=broad-except
         ret["result"] = False
         ret["comment"] = str(exc)
+        ret["changes"] = changes if not __opts__["test"] else {}
         return ret
     br = plan["bridge"]["name"]
-    if ev["risk"] == "no-op" and not ret["changes"]:
-        ret["comment"] = (f"{br} holds {plan['address']} over {plan['port']['name']} "
-                          f"({backend}); nothing to change")
-        return ret
-    changes = dict(ret["changes"])
-    if missing_pkgs and __opts__["test"]:
-        changes["packages"] = {"old": [], "new": missing_pkgs}
     if ev["risk"] != "no-op":
         changes.update({"backend": backend, "risk": ev["risk"], "files": ev["files"],
                         "runtime": ev["effect"]})
         if ev["runtime_missing"]:
             changes["runtime"] = dict(ev["effect"], missing=ev["runtime_missing"])
+    if not changes:
+        ret["comment"] = (f"{br} holds {plan['address']} over {plan['port']['name']} "
+                          f"({backend}); nothing to change")
+        return ret
     lines = _effect_lines(ev)
     if ev["risk"] == "disruptive" and ev["guests"]:
         ret["result"] = False
         ret["comment"] = (f"refusing a disruptive change of {br}: guests are attached to it "
                           f"({', '.join(ev['guests'])}); migrate or stop them first")
         return ret
+    who = ev["effect"]["confirmation"]
     if __opts__["test"]:
         ret["result"] = None
         ret["changes"] = changes
-        ret["comment"] = (f"would take over {br} with backend {backend} ({ev['risk']}), then wait "
-                          f"{rollback_after}s for confirmation:\n" + "\n".join(lines))
+        ret["comment"] = ("packages for the " + backend + " backend would be installed"
+                          if ev["risk"] == "no-op" else
+                          f"would take over {br} with backend {backend} ({ev['risk']}); "
+                          f"confirmation by the {who['by']} ({who['why']}):\n" + "\n".join(lines))
         return ret
     if ev["risk"] == "no-op":
+        ret["changes"] = changes
         ret["comment"] = f"{br}: packages installed; configuration already as planned"
         return ret
     t0 = time.monotonic()
@@ -130,21 +143,65 @@ def bridged(name, packages=None, backend=None):
         res = __salt__["kvmcluster_nettxn.begin"](ev["spec"])
     except Exception as exc:  # pylint: disable=broad-except
         ret["result"] = False
+        ret["changes"] = {k: v for k, v in changes.items() if k == "packages"}
         ret["comment"] = f"network transaction not started: {exc}"
         return ret
     took = time.monotonic() - t0
-    ret["changes"] = changes
-    if res["phase"] != "applied":
+    if res["phase"] not in ("applied", "confirmed"):
+        # What is on the node now: the old configuration; only installed packages remain.
         ret["result"] = False
+        ret["changes"] = {k: v for k, v in changes.items() if k == "packages"}
         ret["comment"] = (f"network transaction {res['id']} {res['phase']} after {took:.1f}s: "
-                          f"{res['detail']}; the previous configuration is back")
+                          f"{res['detail']}; the previous configuration is back, nothing of "
+                          "it stays changed")
         return ret
-    at = time.strftime("%H:%M:%S", time.localtime(ev["spec"]["deadline"]))
+    ret["changes"] = changes
+    if res["phase"] == "confirmed":
+        ret["comment"] = (f"{br} took over in {took:.1f}s ({backend}, transaction {res['id']}), "
+                          f"{res['detail']}\n" + "\n".join(lines))
+        return ret
+    # The node could not prove the path itself: the management node has to confirm.
+    changes["runtime"]["confirmation"] = {"by": "management", "why": res["detail"]}
+    at = time.strftime("%H:%M:%S", time.localtime(res.get("deadline") or time.time()))
     ret["comment"] = (f"{br} took over in {took:.1f}s ({backend}, transaction {res['id']}): "
                       f"{res['detail']}. "
                       f"Confirm from the management node within {rollback_after}s "
-                      f"(salt-ssh '{me['name']}' kvmcluster_network.confirm) or it is rolled "
-                      f"back at {at}.\n" + "\n".join(lines))
+                      f"(salt-ssh '{me['name']}' kvmcluster_network.confirm, or the "
+                      f"orchestration kvmcluster.orch.network) or it is rolled back at {at}.\n"
+                      + "\n".join(lines))
+    return ret
+
+
+def boot_guard(name):
+    """
+    The boot-time rollback of unconfirmed network changes: a unit ordered before the
+    network that undoes a transaction the node did not live to confirm.
+
+    name
+        State name.
+    """
+    ret = _ret(name)
+    st = __salt__["kvmcluster_nettxn.boot_guard"]()
+    want = {"installed": True, "enabled": True}
+    diff = {k: {"old": st.get(k), "new": v} for k, v in want.items() if st.get(k) != v}
+    if not diff:
+        ret["comment"] = "the boot-time network rollback is installed and enabled"
+        return ret
+    ret["changes"] = diff
+    if __opts__["test"]:
+        ret["result"] = None
+        ret["comment"] = "the boot-time network rollback would be installed and enabled"
+        return ret
+    try:
+        st = __salt__["kvmcluster_nettxn.boot_guard"](install=True)
+    except Exception as exc:  # pylint: disable=broad-except
+        ret["result"] = False
+        ret["changes"] = {}
+        ret["comment"] = f"boot-time network rollback not installed: {exc}"
+        return ret
+    ret["result"] = st == want
+    ret["comment"] = ("the boot-time network rollback is installed and enabled"
+                      if ret["result"] else f"boot-time network rollback: {st}")
     return ret
 
 
@@ -184,6 +241,11 @@ def libvirt_network(name, network=None, bridge=None):
         ret["result"] = None
         ret["changes"] = diff
         ret["comment"] = f"libvirt network {name} would be defined on {bridge}"
+        return ret
+    if bridge not in __salt__["kvmcluster_network.runtime"]()["links"]:
+        # The network follows its bridge: never started on a bridge that is not there.
+        ret["result"] = False
+        ret["comment"] = f"libvirt network {name} not started: bridge {bridge} does not exist"
         return ret
     try:
         st = __salt__["kvmcluster_network.libvirt_network"](name, bridge, define=True)

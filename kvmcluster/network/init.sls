@@ -8,12 +8,21 @@ include:
   - {{ tplroot }}.model
   - {{ tplroot }}.libvirt
 
+# Installed once, before any transaction: a node that restarts while a change is
+# unconfirmed undoes it before its network comes up.
+kvmcluster-network-bootguard-installed:
+  kvmcluster_network.boot_guard:
+    - name: boot-guard
+    - require:
+      - kvmcluster_model: kvmcluster-model-validated
+
 kvmcluster-network-bridge-managed:
   kvmcluster_network.bridged:
     - name: bridge
     - packages: {{ mapdata.pkgs.network | json }}
     - require:
       - kvmcluster_model: kvmcluster-model-validated
+      - kvmcluster_network: kvmcluster-network-bootguard-installed
 
 kvmcluster-network-libvirt-network-managed:
   kvmcluster_network.libvirt_network:

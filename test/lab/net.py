@@ -12,6 +12,16 @@ SUBNET = "172.30.10.0/24"
 PREFIXLEN = 24
 GATEWAY = "172.30.10.1"
 MGMT_IP = "172.30.10.11"  # the management node: runs salt-ssh, serves the package repo
+# IPv6 inside the lab only (ULA): the gateway and management addresses, nodes ::<host>.
+SUBNET6 = "fd00:30:10::/64"
+PREFIXLEN6 = 64
+GATEWAY6 = "fd00:30:10::1"
+MGMT_IP6 = "fd00:30:10::11"
+
+
+def ip6_of(ip4):
+    """The lab node's IPv6 address: its IPv4 host number in the lab's ULA prefix."""
+    return f"fd00:30:10::{ip4.rsplit('.', 1)[1]}"
 
 
 def netns_list():
@@ -42,6 +52,9 @@ def create_switch():
     plug(CONTROLLER, "ctl")
     for addr in (GATEWAY, MGMT_IP):
         nsexec(CONTROLLER, "ip", "addr", "replace", f"{addr}/{PREFIXLEN}", "dev", "eth0")
+    for addr in (GATEWAY6, MGMT_IP6):
+        nsexec(CONTROLLER, "ip", "-6", "addr", "replace", f"{addr}/{PREFIXLEN6}", "dev", "eth0",
+               "nodad")
     nsexec(CONTROLLER, "ip", "link", "set", "eth0", "up")
 
 

@@ -22,7 +22,9 @@ def interfaces(node):
     return (
         "auto lo\niface lo inet loopback\n\n"
         "auto eth0\niface eth0 inet static\n"
-        f"    address {node.ip}/{net.PREFIXLEN}\n    gateway {net.GATEWAY}\n"
+        f"    address {node.ip}/{net.PREFIXLEN}\n    gateway {net.GATEWAY}\n\n"
+        "iface eth0 inet6 static\n"
+        f"    address {net.ip6_of(node.ip)}/{net.PREFIXLEN6}\n    gateway {net.GATEWAY6}\n"
     )
 
 

@@ -32,8 +32,11 @@ def lab_pillar(nodes):
             "sysctl": {"vm.swappiness": None, "net.core.somaxconn": 1024},
             "account": {"name": "kvmadmin", "create": True,
                         "ssh_keys": [Path(str(paths.SSH_KEY) + ".pub").read_text().strip()]},
+            # Dual stack: a static IPv6 address per node in the lab's ULA prefix.
+            "gateway6": net.GATEWAY6,
             "nodes": {
-                n.name: {"ip": f"{n.ip}/{net.PREFIXLEN}", "nic": "eth0"} for n in nodes
+                n.name: {"ip": f"{n.ip}/{net.PREFIXLEN}", "nic": "eth0",
+                         "ip6": f"{net.ip6_of(n.ip)}/{net.PREFIXLEN6}"} for n in nodes
             },
         }
     }
