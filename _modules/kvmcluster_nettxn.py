@@ -785,11 +785,15 @@ def _reap_stale(now=None):
                              "with no rollback timer left; rolled back when found")
 
 
-def begin(spec, wait=True):
+def begin(spec, wait=True, delay=0):
     """
     Start a transaction from ``spec`` (built by ``kvmcluster_network``): save, arm, apply,
     check, confirm locally when the management peer answers. Returns the transaction's phase
     when the apply unit ends (``confirmed``, ``applied`` or ``rolled-back``).
+
+    delay
+        Seconds before the apply starts, with ``wait=False``: when the change moves the
+        management session's own address, the run reports back before the session is cut.
 
     CLI Example:
 
@@ -821,8 +825,9 @@ def begin(spec, wait=True):
             _write(keep, f["old"], 0o600)
     _write(os.path.join(path, "spec.json"), json.dumps(spec, indent=1, sort_keys=True), 0o600)
     after = int(spec["rollback_after"])
+    delay = int(delay) if not wait else 0
     # The guard covers the apply itself (bounded by rollback_after) and the window after it.
-    guard = 2 * after + 15
+    guard = delay + 2 * after + 15
     txn.set_phase("armed", f"guard timer {guard}s; the confirmation window of {after}s "
                            "starts when the local check passes")
     if not _start_timer(txn, "guard", guard, f"the apply and confirmation did not end "
@@ -833,6 +838,8 @@ def begin(spec, wait=True):
             "--description=kvmcluster network apply", "--property=KillMode=process"]
     if wait:
         argv.insert(1, "--wait")
+    elif delay:
+        argv.insert(1, f"--on-active={delay}")
     argv += [_python(), _script(), "apply", path]
     _run(argv, timeout=after + 60)
     # The unit goes on if this process is interrupted; the phase file is the truth.

@@ -354,6 +354,9 @@ def evaluate(me, backend=None, rollback_after=90, settings=None):
         for a in rt.get("slaac", {}).get(dev, []):
             moves.append({"address": a, "from": dev,
                           "to": f"{br} (SLAAC)" if p.get("ipv6_autoconf", True) else None})
+    for a in rt["addrs"].get(br, []):
+        if a not in wanted:
+            moves.append({"address": a, "from": br, "to": None})
     for a in wanted:
         if a not in rt["addrs"].get(br, []) and not any(m["address"] == a for m in moves):
             holder = [d for d, al in rt["addrs"].items() if a in al]

@@ -11,6 +11,7 @@ risk class, and changes nothing.
 import time
 
 __virtualname__ = "kvmcluster_network"
+READDRESS_DELAY = 5  # seconds between the report and a re-addressing apply
 
 
 def __virtual__():
@@ -139,14 +140,31 @@ def bridged(name, packages=None, backend=None):
         ret["comment"] = f"{br}: packages installed; configuration already as planned"
         return ret
     t0 = time.monotonic()
+    moves_session = not ev["effect"].get("management_session", {}).get("kept", True)
     try:
-        res = __salt__["kvmcluster_nettxn.begin"](ev["spec"])
+        if moves_session:
+            # Re-addressing cuts this very session: report first, apply a few seconds later.
+            res = __salt__["kvmcluster_nettxn.begin"](ev["spec"], wait=False,
+                                                      delay=READDRESS_DELAY)
+        else:
+            res = __salt__["kvmcluster_nettxn.begin"](ev["spec"])
     except Exception as exc:  # pylint: disable=broad-except
         ret["result"] = False
         ret["changes"] = {k: v for k, v in changes.items() if k == "packages"}
         ret["comment"] = f"network transaction not started: {exc}"
         return ret
     took = time.monotonic() - t0
+    if moves_session and res["phase"] == "armed":
+        ret["changes"] = changes
+        ret["comment"] = (f"re-addressing: {br} takes over {plan['address']} in "
+                          f"{READDRESS_DELAY}s (transaction {res['id']}, {backend}); this "
+                          f"session ends then. Confirm from the management node at the new "
+                          f"address within {rollback_after}s of the node's local check "
+                          f"(salt-run kvmcluster.confirm, or the orchestration "
+                          f"kvmcluster.orch.network) or the node goes back to "
+                          f"{ev['effect']['management_session']['address']}.\n"
+                          + "\n".join(lines))
+        return ret
     if res["phase"] not in ("applied", "confirmed"):
         # What is on the node now: the old configuration; only installed packages remain.
         ret["result"] = False
@@ -160,8 +178,9 @@ def bridged(name, packages=None, backend=None):
         ret["comment"] = (f"{br} took over in {took:.1f}s ({backend}, transaction {res['id']}), "
                           f"{res['detail']}\n" + "\n".join(lines))
         return ret
-    # The node could not prove the path itself: the management node has to confirm.
-    changes["runtime"]["confirmation"] = {"by": "management", "why": res["detail"]}
+    if who["by"] == "node":
+        # The node could not prove the path itself: the management node has to confirm.
+        changes["runtime"]["confirmation"] = {"by": "management", "why": res["detail"]}
     at = time.strftime("%H:%M:%S", time.localtime(res.get("deadline") or time.time()))
     ret["comment"] = (f"{br} took over in {took:.1f}s ({backend}, transaction {res['id']}): "
                       f"{res['detail']}. "

@@ -1,9 +1,10 @@
 # -*- coding: utf-8 -*-
 # vim: ft=sls
-# Apply kvmcluster, then confirm each node's network change from new connections: for
-# changes the nodes cannot confirm themselves (re-addressing, network:confirm: manual).
+# Apply kvmcluster, then confirm each node's network change from new connections at the
+# node's model address: for changes a node cannot confirm itself (re-addressing,
+# network:confirm: manual).
 #
-#   salt-run state.orchestrate kvmcluster.orch.network                  # with a salt-master
+#   salt-run state.orchestrate kvmcluster.orch.network                          # salt-master
 #   salt-run state.orchestrate kvmcluster.orch.network pillar='{"ssh": true}'   # salt-ssh roster
 #   pillar: target (default '*'), tgt_type (default glob), ssh (default false)
 {%- set tgt = salt["pillar.get"]("target", "*") %}
@@ -18,10 +19,10 @@ kvmcluster-orch-network-applied:
     - ssh: {{ ssh | json }}
 
 # No requisite on the apply: a node whose apply failed elsewhere still has its network
-# change confirmed (confirm only acts on a transaction that passed its local check).
+# change confirmed (confirm only keeps a transaction that passed the node's local check).
 kvmcluster-orch-network-confirmed:
-  salt.function:
-    - name: kvmcluster_network.confirm
+  salt.runner:
+    - name: kvmcluster.confirm
     - tgt: {{ tgt | json }}
     - tgt_type: {{ tgt_type }}
     - ssh: {{ ssh | json }}

@@ -6,6 +6,7 @@ import json
 import re
 import time
 
+from lab import net
 from lab.report import CONFIRMS, summarize
 from labtest import BACKENDS, FINGERPRINTS, fingerprint, record_timing
 
@@ -108,12 +109,19 @@ def test_test_mode_predicts_the_real_run_then_zero_changes(lab):
             assert pred["changes"][key] == real["changes"][key], (n, key)
         assert pred["changes"]["risk"] == "disruptive"
         assert pred["changes"]["runtime"]["addresses"] == [
-            {"address": f"{lab.ip[n]}/24", "from": "eth0", "to": "br0"}]
+            {"address": f"{lab.ip[n]}/24", "from": "eth0", "to": "br0"},
+            {"address": f"{net.ip6_of(lab.ip[n])}/64", "from": "eth0", "to": "br0"}]
+        assert pred["changes"]["runtime"]["routes"] == [
+            f"10.99.0.0/24 via 172.30.10.1: eth0 -> br0",
+            f"fd00:99::/64 via fd00:30:10::1: eth0 -> br0"]
         assert pred["changes"]["runtime"]["management_session"]["touched"] is True
         took = float(re.search(r"br0 took over in ([\d.]+)s", real["comment"]).group(1))
         record_timing(f"takeover of eth0 by br0 on {n} ({backend}), transaction until the "
                       "local check passed", took)
-    assert all(c.get(n, {}).get("confirmed") for c in CONFIRMS[-1:] for n in NODES), CONFIRMS
+        # One command: the node proved the path to the management node and confirmed itself.
+        assert real["changes"]["runtime"]["confirmation"]["by"] == "node", real["changes"]
+        assert "confirmed by the node itself" in real["comment"], real["comment"]
+    assert not CONFIRMS  # no second command was run
     with open("/tmp/kvmcluster-lab-network-test-mode.txt", "w", encoding="utf-8") as fh:
         fh.write("\n\n".join(shown) + "\n")
 

@@ -17,7 +17,7 @@ from lab.report import summarize
 from labtest import BACKENDS, record_timing
 
 NODES = ["kvm01", "kvm02", "kvm03"]
-ROLLBACK = 30  # seconds; the shortest the model allows
+ROLLBACK = saltcfg.ROLLBACK_TIMEOUT  # seconds; the lab pillar's (the shortest allowed)
 
 BRIDGE_PY = r"""
 import json, subprocess
@@ -34,6 +34,19 @@ print(json.dumps({"br0": addrs.get("br0", []), "eth0": addrs.get("eth0", []),
                   "eth0_mac": links.get("eth0", {}).get("address"),
                   "mtu": {n: links[n]["mtu"] for n in ("eth0", "br0") if n in links},
                   "routes": routes}))
+"""
+
+ROUTES_PY = r"""
+import json, subprocess
+ip = lambda *a: json.loads(subprocess.run(["ip", "-j", *a], capture_output=True,
+                                          text=True).stdout or "[]")
+print(json.dumps({"v6": [a["local"] + "/" + str(a["prefixlen"]) for l in ip("addr", "show", "br0")
+                         for a in l["addr_info"] if a["family"] == "inet6"
+                         and a.get("scope") == "global"],
+                  "routes": sorted(r["dst"] + " " + r["dev"] for f in ("-4", "-6")
+                                   for r in ip(f, "route", "show")
+                                   if r["dst"] in ("10.99.0.0/24", "fd00:99::/64")),
+                  "default6": [r.get("dev") for r in ip("-6", "route", "show", "default")]}))
 """
 
 HISTORY = "python3 -c 'import json,glob; print(json.dumps({d.split(\"/\")[-1]: " \
@@ -99,6 +112,38 @@ def bridged(lab):
     return lab
 
 
+def test_one_command_holds_after_the_rollback_window(bridged):
+    """No second command: past rollback_timeout + 30 s after each node's own confirmation,
+    every node still holds its addresses on br0 and nothing was rolled back."""
+    lab = bridged
+    last = {n: list(history(lab, n).values())[-1] for n in NODES}
+    for n, ph in last.items():
+        assert ph["phase"] == "confirmed" and ph.get("by") == "node", (n, ph)
+        assert "management peer" in ph["detail"], ph
+    remote_now = float(lab.ssh("kvm01", "date +%s.%N"))
+    wait = max(0.0, max(ph["time"] for ph in last.values()) + ROLLBACK + 30 - remote_now)
+    time.sleep(wait)
+    for n in NODES:
+        st = bridge_state(lab, n)
+        assert st["br0"] == [lab.ip[n] + "/24"] and st["eth0"] == [], (n, st)
+        assert all(ph["phase"] != "rolled-back" for ph in history(lab, n).values()), n
+        assert pinged(lab.ip[n])
+    record_timing("one command: waited past rollback_timeout + 30 s, 0 nodes rolled back",
+                  wait)
+
+
+def test_ipv6_and_static_routes_moved_to_br0(bridged):
+    lab = bridged
+    for n in NODES:
+        got = json.loads(lab.ssh(n, "python3 -", input=ROUTES_PY))
+        assert got["v6"] == [f"{net.ip6_of(lab.ip[n])}/64"], (n, got)
+        assert got["routes"] == ["10.99.0.0/24 br0", "fd00:99::/64 br0"], (n, got)
+        assert got["default6"] == ["br0"], (n, got)
+    # Node to node over IPv6, through both bridges.
+    out = lab.ssh("kvm01", f"ping -6 -n -c 2 -W 2 {net.ip6_of(lab.ip['kvm03'])}")
+    assert " 0% packet loss" in out, out
+
+
 def test_each_backend_took_eth0_into_br0(bridged):
     lab = bridged
     for node, backend in zip(NODES, BACKENDS):
@@ -113,6 +158,8 @@ def test_each_backend_took_eth0_into_br0(bridged):
         assert lab.ssh(node, "hostname").strip() == node
         hist = history(lab, node)
         assert hist and list(hist.values())[-1]["phase"] == "confirmed", hist
+        assert not any(ph["phase"] == "rolled-back" and "boot" in ph["detail"]
+                       for ph in hist.values())
         assert "nameserver 172.30.10.11" in lab.ssh(node, "cat /etc/resolv.conf")
     # Each backend wrote its own complete configuration, and took eth0 from the old one.
     assert "bridge_ports eth0" in lab.ssh("kvm01", "cat /etc/network/interfaces.d/kvmcluster")
@@ -196,7 +243,10 @@ def test_wrong_ip_is_rolled_back_without_confirmation(bridged):
 def test_killed_session_mid_apply_is_rolled_back(bridged):
     lab = bridged
     before = set(history(lab, "kvm03"))
-    lab.set_pillar(fault_pillar(lab, "kvm03", mtu=1400))
+    pillar = fault_pillar(lab, "kvm03", mtu=1400)
+    # The node would prove the path and confirm itself; manual makes it wait, to be killed.
+    pillar["kvmcluster"]["network"]["confirm"] = "manual"
+    lab.set_pillar(pillar)
     t0 = time.monotonic()
     proc = start_apply("kvm03")
     try:
@@ -215,6 +265,10 @@ def test_killed_session_mid_apply_is_rolled_back(bridged):
     assert st["br0"] == ["172.30.10.43/24"] and st["mtu"] == {"eth0": 1500, "br0": 1500}, st
     assert "mtu: 1400" not in lab.ssh("kvm03", "cat /etc/netplan/60-kvmcluster.yaml")
     assert pinged(lab.ip["kvm03"])
+    # The rollback put back the bridge's IPv6 address and the routes as they were.
+    got = json.loads(lab.ssh("kvm03", "python3 -", input=ROUTES_PY))
+    assert got == {"v6": [f"{net.ip6_of(lab.ip['kvm03'])}/64"],
+                   "routes": ["10.99.0.0/24 br0", "fd00:99::/64 br0"], "default6": ["br0"]}, got
     again, _ = report.apply(target="kvm03")
     assert summarize(again["kvm03"])["changed"] == 0, summarize(again["kvm03"])
 

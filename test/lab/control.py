@@ -19,6 +19,7 @@ from .run import run, say
 
 REPO_PORT = 8080
 STOP_GRACE = 40  # seconds a node gets to shut down cleanly before it is killed
+NSPAWN_REBOOT = 133
 
 
 def load_state():
@@ -170,19 +171,30 @@ def supervise():
         logf = open(paths.HOME / "salt-master.out", "ab")
         procs["salt-master"] = subprocess.Popen(master.master_argv(), stdout=logf, stderr=logf,
                                                 stdin=subprocess.DEVNULL)
-    for n in rack:
+    def boot(n):
         argv, env = nodes.argv_env(n)
         logf = open(nodes.node_dir(n) / "node.log", "ab")
-        procs[n.name] = subprocess.Popen(argv, env=env, stdout=logf, stderr=logf,
-                                         stdin=subprocess.DEVNULL)
+        return subprocess.Popen(argv, env=env, stdout=logf, stderr=logf,
+                                stdin=subprocess.DEVNULL)
+
+    for n in rack:
+        procs[n.name] = boot(n)
     st["children"] = {name: record(p.pid) for name, p in procs.items()}
     save_state(st)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
+    by_name = {n.name: n for n in rack}
     while not stopping:
-        for p in procs.values():
-            p.poll()
+        for name, p in list(procs.items()):
+            # systemd-nspawn exits 133 when the node reboots: boot it again (as
+            # systemd-nspawn@.service does with RestartForceExitStatus=133).
+            if p.poll() == NSPAWN_REBOOT and name in by_name and not stopping:
+                net.reset_links(net.PREFIX + name)
+                procs[name] = boot(by_name[name])
+                st = load_state()
+                st["children"][name] = record(procs[name].pid)
+                save_state(st)
         time.sleep(0.5)
     # Orderly: nspawn turns SIGTERM into a clean poweroff of the node; qemu just stops.
     for p in procs.values():

@@ -19,6 +19,12 @@ GATEWAY6 = "fd00:30:10::1"
 MGMT_IP6 = "fd00:30:10::11"
 
 
+# A static route per family on each node's NIC before the takeover (to nowhere real: the
+# lab gateway has no route off the lab), to see it move to the bridge and back.
+ROUTE4 = ("10.99.0.0/24", GATEWAY)
+ROUTE6 = ("fd00:99::/64", GATEWAY6)
+
+
 def ip6_of(ip4):
     """The lab node's IPv6 address: its IPv4 host number in the lab's ULA prefix."""
     return f"fd00:30:10::{ip4.rsplit('.', 1)[1]}"
@@ -80,6 +86,21 @@ def node_ns(name):
     ns = PREFIX + name
     _add_ns(ns)
     return ns
+
+
+def reset_links(ns, keep=("lo", "eth0")):
+    """What a reboot does to a node's links: virtual ones gone, the NIC bare and down.
+    (A container node's namespace outlives its boots; a real host's kernel does not.)"""
+    import json  # pylint: disable=import-outside-toplevel
+
+    links = json.loads(nsexec(ns, "ip", "-j", "link", "show", capture=True).stdout or "[]")
+    for ln in links:
+        if ln["ifname"] not in keep:
+            nsexec(ns, "ip", "link", "del", ln["ifname"], check=False, capture=True)
+    for name in keep[1:]:
+        nsexec(ns, "ip", "link", "set", name, "nomaster", check=False, capture=True)
+        nsexec(ns, "ip", "addr", "flush", "dev", name, check=False, capture=True)
+        nsexec(ns, "ip", "link", "set", name, "down", check=False, capture=True)
 
 
 def destroy():

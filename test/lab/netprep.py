@@ -18,8 +18,10 @@ def _nm_script(node):
     keyfile = (
         "[connection]\nid=lab-eth0\ntype=ethernet\ninterface-name=eth0\n\n"
         f"[ipv4]\nmethod=manual\naddress1={node.ip}/{net.PREFIXLEN},{net.GATEWAY}\n"
+        f"route1={net.ROUTE4[0]},{net.ROUTE4[1]}\n"
         f"dns={net.MGMT_IP};\n\n[ipv6]\nmethod=manual\n"
-        f"address1={net.ip6_of(node.ip)}/{net.PREFIXLEN6},{net.GATEWAY6}\naddr-gen-mode=eui64\n"
+        f"address1={net.ip6_of(node.ip)}/{net.PREFIXLEN6},{net.GATEWAY6}\n"
+        f"route1={net.ROUTE6[0]},{net.ROUTE6[1]}\naddr-gen-mode=eui64\n"
     )
     return f"""set -e
 export DEBIAN_FRONTEND=noninteractive
@@ -36,7 +38,9 @@ def _netplan_script(node):
     doc = (
         "network:\n  version: 2\n  renderer: networkd\n  ethernets:\n    eth0:\n"
         f'      addresses: [{node.ip}/{net.PREFIXLEN}, "{net.ip6_of(node.ip)}/{net.PREFIXLEN6}"]\n'
-        f'      routes: [{{to: default, via: {net.GATEWAY}}}, {{to: "::/0", via: "{net.GATEWAY6}"}}]\n'
+        f'      routes: [{{to: default, via: {net.GATEWAY}}}, {{to: "::/0", via: "{net.GATEWAY6}"}},\n'
+        f'               {{to: {net.ROUTE4[0]}, via: {net.ROUTE4[1]}}},\n'
+        f'               {{to: "{net.ROUTE6[0]}", via: "{net.ROUTE6[1]}"}}]\n'
         f"      nameservers: {{addresses: [{net.MGMT_IP}]}}\n"
     )
     return f"""set -e

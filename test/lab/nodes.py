@@ -22,9 +22,11 @@ def interfaces(node):
     return (
         "auto lo\niface lo inet loopback\n\n"
         "auto eth0\niface eth0 inet static\n"
-        f"    address {node.ip}/{net.PREFIXLEN}\n    gateway {net.GATEWAY}\n\n"
+        f"    address {node.ip}/{net.PREFIXLEN}\n    gateway {net.GATEWAY}\n"
+        f"    up ip route add {net.ROUTE4[0]} via {net.ROUTE4[1]} dev eth0\n\n"
         "iface eth0 inet6 static\n"
         f"    address {net.ip6_of(node.ip)}/{net.PREFIXLEN6}\n    gateway {net.GATEWAY6}\n"
+        f"    up ip -6 route add {net.ROUTE6[0]} via {net.ROUTE6[1]} dev eth0\n"
     )
 
 

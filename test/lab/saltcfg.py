@@ -14,6 +14,7 @@ from . import net, paths
 SALT_DIR = paths.HOME / "salt"
 PILLAR_DIR = SALT_DIR / "pillar"
 VENV_BIN = paths.REPO_ROOT / ".venv" / "bin"
+ROLLBACK_TIMEOUT = 30
 
 
 def lab_pillar(nodes):
@@ -32,6 +33,8 @@ def lab_pillar(nodes):
             "sysctl": {"vm.swappiness": None, "net.core.somaxconn": 1024},
             "account": {"name": "kvmadmin", "create": True,
                         "ssh_keys": [Path(str(paths.SSH_KEY) + ".pub").read_text().strip()]},
+            # Lab-only: a short dead-man switch, so that the tests wait less for rollbacks.
+            "network": {"rollback_timeout": ROLLBACK_TIMEOUT},
             # Dual stack: a static IPv6 address per node in the lab's ULA prefix.
             "gateway6": net.GATEWAY6,
             "nodes": {
@@ -54,6 +57,10 @@ def write(nodes, extra_pillar=None):
         "file_roots": {"base": [str(paths.REPO_ROOT)]},
         "pillar_roots": {"base": [str(PILLAR_DIR)]},
         "state_output": "changes",
+        # salt-run state.orchestrate with ssh: true targets the roster, as salt-ssh does.
+        "roster_file": str(SALT_DIR / "roster"),
+        "runner_dirs": [str(paths.REPO_ROOT / "_runners")],
+        "ssh_max_procs": 8,
         "log_level_logfile": "info",
     }
     (SALT_DIR / "master").write_text(yaml.safe_dump(master, sort_keys=False))
@@ -69,14 +76,17 @@ def write(nodes, extra_pillar=None):
             "priv": str(paths.SSH_KEY),
             # Root's interpreter shims on the controller must not leak into the target.
             "set_path": "/usr/sbin:/usr/bin:/sbin:/bin",
+            # A session cut by a re-addressing ends in seconds, not at TCP's timeout.
             "ssh_options": ["UserKnownHostsFile=/dev/null", "StrictHostKeyChecking=no",
-                            "ConnectTimeout=10"],
+                            "ConnectTimeout=10", "ServerAliveInterval=5",
+                            "ServerAliveCountMax=3"],
         }
     (SALT_DIR / "roster").write_text(yaml.safe_dump(roster, sort_keys=False))
     saltfile = {
         "salt-ssh": {
             "config_dir": str(SALT_DIR),
             "roster_file": str(SALT_DIR / "roster"),
+        "runner_dirs": [str(paths.REPO_ROOT / "_runners")],
             "ignore_host_keys": True,
             "ssh_max_procs": 8,
         }
@@ -96,6 +106,11 @@ def set_pillar(data):
 
 def salt_call_argv(*args):
     return [str(VENV_BIN / "salt-call"), "--local", f"--config-dir={SALT_DIR}", *args]
+
+
+def salt_run_argv(*args):
+    return ["ip", "netns", "exec", net.CONTROLLER, str(VENV_BIN / "salt-run"),
+            f"--config-dir={SALT_DIR}", *args]
 
 
 def salt_ssh_argv(*args):
