@@ -288,3 +288,144 @@ def test_disruptive_change_under_a_guest_is_refused(bridged):
     assert "refusing a disruptive change of br0: guests are attached to it (vnet7)" in \
         res["comment"]
     assert "gateway 172.30.10.1" in lab.ssh("kvm01", "cat /etc/network/interfaces.d/kvmcluster")
+
+
+def set_roster_host(node, host):
+    """The operator's roster entry for ``node`` (where salt-ssh reaches it)."""
+    import yaml  # pylint: disable=import-outside-toplevel
+
+    path = saltcfg.SALT_DIR / "roster"
+    roster = yaml.safe_load(path.read_text())
+    roster[node]["host"] = host
+    path.write_text(yaml.safe_dump(roster, sort_keys=False))
+
+
+def last_txn(lab, node, ip=None):
+    hist = json.loads(report_ssh(ip or lab.ip[node], HISTORY))
+    return list(hist.values())[-1]
+
+
+def report_ssh(ip, command):
+    from labtest import ssh  # pylint: disable=import-outside-toplevel
+
+    return ssh(ip, command, timeout=60)
+
+
+@pytest.fixture
+def icmp_dropped():
+    """The lab gateway drops ICMP echo (as many gateways do), for one test only."""
+    key = "net.ipv4.icmp_echo_ignore_all"
+    net.nsexec(net.CONTROLLER, "sysctl", "-q", "-w", f"{key}=1")
+    try:
+        yield
+    finally:
+        net.nsexec(net.CONTROLLER, "sysctl", "-q", "-w", f"{key}=0")
+
+
+def test_gateway_that_drops_icmp_is_proven_by_arp(bridged, icmp_dropped):
+    lab = bridged
+    assert not pinged("172.30.10.1")
+    # A disruptive change (the port's MTU) with the default check: neighbour resolution.
+    lab.set_pillar(fault_pillar(lab, "kvm01", mtu=1400))
+    try:
+        t0 = time.monotonic()
+        kept, _ = report.apply(target="kvm01")
+        took = time.monotonic() - t0
+        icmp = fault_pillar(lab, "kvm01", mtu=1300)
+        icmp["kvmcluster"]["network"]["check"] = {"gateway": "icmp"}
+        lab.set_pillar(icmp)
+        refused, _ = report.apply(target="kvm01")
+    finally:
+        lab.reset_pillar()
+    res = kept["kvm01"][next(k for k in kept["kvm01"] if "bridge-managed" in k)]
+    assert res["result"] is True, res["comment"]
+    assert "gateway 172.30.10.1 resolves (ARP/ND)" in res["comment"]
+    assert "confirmed by the node itself" in res["comment"]
+    record_timing("gateway drops ICMP: MTU change on kvm01 kept with check arp", took)
+    assert bridge_state(lab, "kvm01")["mtu"] == {"eth0": 1400, "br0": 1400}
+    # The same kind of change with check: icmp cannot prove the gateway and is undone.
+    res = refused["kvm01"][next(k for k in refused["kvm01"] if "bridge-managed" in k)]
+    assert res["result"] is False and res["changes"] == {}, res
+    assert "gateway 172.30.10.1 does not answer on br0" in res["comment"]
+    assert bridge_state(lab, "kvm01")["mtu"] == {"eth0": 1400, "br0": 1400}
+    again, _ = report.apply(target="kvm01")  # back to the lab pillar's MTU 1500
+    assert bridge_state(lab, "kvm01")["mtu"] == {"eth0": 1500, "br0": 1500}
+    assert summarize(again["kvm01"])["failed"] == 0
+
+
+def test_readdressing_waits_for_the_orchestration(bridged):
+    """Re-addressing: the node cannot confirm itself; the orchestration confirms it at its
+    new address; then the same change without it goes back by itself."""
+    lab = bridged
+    old, new = lab.ip["kvm02"], "172.30.10.52"
+    moved = json.loads(json.dumps(lab.pillar))
+    moved["kvmcluster"]["nodes"]["kvm02"]["ip"] = f"{new}/24"
+    lab.set_pillar(moved)
+    try:
+        t0 = time.monotonic()
+        proc = saltcfg.salt_run("state.orchestrate", "kvmcluster.orch.network",
+                                'pillar={"ssh": true, "target": "kvm02"}', "--out=json",
+                                timeout=600)
+        took = time.monotonic() - t0
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+        assert pinged(new) and not pinged(old)
+        ph = last_txn(lab, "kvm02", ip=new)
+        assert ph["phase"] == "confirmed" and ph.get("by") == "management", ph
+        record_timing("re-addressing kvm02 by the orchestration, until confirmed", took)
+        # Back to the old address the plain way, with the roster at the new one: nobody
+        # confirms, so the node returns to where it was (new) by itself.
+        set_roster_host("kvm02", new)
+        lab.reset_pillar()
+        t0 = time.monotonic()
+        results, _ = report.apply(target="kvm02")
+        res = results["kvm02"][next(k for k in results["kvm02"] if "bridge-managed" in k)]
+        assert res["result"] is True and "re-addressing" in res["comment"], res["comment"]
+        assert res["changes"]["runtime"]["confirmation"]["by"] == "management"
+        wait_for("kvm02 at the pillar's address", lambda: pinged(old), 60)
+        back = wait_for("kvm02 back at its previous address", lambda: pinged(new),
+                        ROLLBACK + 90)
+        record_timing("re-addressing kvm02 without confirmation, until back at its previous "
+                      "address", time.monotonic() - t0)
+        assert back <= 12 + 5 + ROLLBACK + 30 + 30
+        ph = last_txn(lab, "kvm02", ip=new)
+        assert ph["phase"] == "rolled-back" and "no confirmation" in ph["detail"], ph
+    finally:
+        # Whatever happened, the orchestration brings kvm02 home to the lab's address.
+        lab.reset_pillar()
+        if not pinged(old):
+            set_roster_host("kvm02", new)
+            saltcfg.salt_run("state.orchestrate", "kvmcluster.orch.network",
+                             'pillar={"ssh": true, "target": "kvm02"}', timeout=600)
+        set_roster_host("kvm02", old)
+    assert bridge_state(lab, "kvm02")["br0"] == [old + "/24"]
+
+
+def test_reboot_before_confirmation_rolls_back_at_boot(bridged):
+    lab = bridged
+    old, new = lab.ip["kvm01"], "172.30.10.141"
+    moved = fault_pillar(lab, "kvm01", ip=f"{new}/24")
+    moved["kvmcluster"]["network"]["rollback_timeout"] = 300  # only the reboot undoes it
+    lab.set_pillar(moved)
+    try:
+        results, _ = report.apply(target="kvm01")
+    finally:
+        lab.reset_pillar()
+    res = results["kvm01"][next(k for k in results["kvm01"] if "bridge-managed" in k)]
+    assert "re-addressing" in res["comment"], res["comment"]
+    wait_for("kvm01 at the new address", lambda: pinged(new), 60)
+    assert last_txn(lab, "kvm01", ip=new)["phase"] == "applied"
+    t0 = time.monotonic()
+    report_ssh(new, "systemd-run --on-active=1 systemctl reboot")
+    back = wait_for("kvm01 back at its old address after the reboot",
+                    lambda: lab.ssh("kvm01", "systemctl is-system-running", check=False,
+                                    timeout=20).strip() in ("running", "degraded"), 120)
+    record_timing("reboot of kvm01 with an unconfirmed re-addressing, until up at its old "
+                  "address", back)
+    ph = last_txn(lab, "kvm01")
+    assert ph["phase"] == "rolled-back" and ph.get("at_boot") is True, ph
+    assert "rolled back at boot" in ph["detail"]
+    assert not pinged(new)
+    st = bridge_state(lab, "kvm01")
+    assert st["br0"] == [old + "/24"] and st["eth0_master"] == "br0", st
+    again, _ = report.apply(target="kvm01")
+    assert summarize(again["kvm01"])["changed"] == 0, summarize(again["kvm01"])

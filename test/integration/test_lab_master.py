@@ -44,6 +44,10 @@ def test_highstate_converges_like_salt_ssh(master_lab):
     assert set(first) == set(NODES), proc.stdout[-2000:]
     for n in NODES:
         assert summarize(first[n])["failed"] == 0, summarize(first[n])["failures"]
+        # The minion proved the path to its master (TCP to the master's port) itself.
+        bridge = next(v for k, v in first[n].items() if k.startswith(report.BRIDGE_STATE))
+        assert bridge["changes"]["runtime"]["confirmation"]["by"] == "node", bridge
+        assert "management peer 172.30.10.11 answers over br0" in bridge["comment"], bridge
     t0 = time.monotonic()
     second, _ = highstate()
     record_timing("salt state.highstate, second run, 3 container nodes", time.monotonic() - t0)

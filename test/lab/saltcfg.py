@@ -118,6 +118,15 @@ def salt_ssh_argv(*args):
             f"--saltfile={SALT_DIR / 'Saltfile'}", *args]
 
 
+def salt_run(*args, timeout=1800):
+    """salt-run with the lab's master config (orchestration, runners), from the management
+    node's namespace."""
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}:/usr/sbin:/usr/bin:/sbin:/bin"
+    return subprocess.run(salt_run_argv(*args), capture_output=True, text=True,
+                          timeout=timeout, env=env, check=False)
+
+
 def salt_ssh(*args, timeout=1800, capture=True):
     """Run salt-ssh from the management node's namespace."""
     env = dict(os.environ)

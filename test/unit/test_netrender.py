@@ -160,3 +160,88 @@ def test_rendering_is_a_fixpoint(backend, port):
     written = {k: v for k, v in written.items() if v is not None}
     second = R.target(backend, p, written, resolv_managed=True)
     assert {k: v for k, v in second.items() if written.get(k) != v} == {}
+
+
+def dual(port=NIC_PORT, **kw):
+    p = plan(port)
+    p.update({"address6": ["fd00:30:10::41/64"], "gateway6": "fd00:30:10::1",
+              "ipv6_autoconf": True,
+              "routes": [{"family": 4, "dst": "10.99.0.0/24", "gateway": "172.30.10.1",
+                          "metric": None},
+                         {"family": 6, "dst": "fd00:99::/64", "gateway": "fd00:30:10::1",
+                          "metric": 1024}]})
+    p.update(kw)
+    return p
+
+
+def test_ipv6_and_routes_in_every_backend():
+    ifu = R.target("ifupdown", dual(), {})["/etc/network/interfaces.d/kvmcluster"]
+    assert "iface br0 inet6 static\n    address fd00:30:10::41/64\n    gateway fd00:30:10::1\n" \
+        in ifu
+    assert "    up ip -4 route replace 10.99.0.0/24 via 172.30.10.1 dev br0\n" in ifu
+    assert "    up ip -6 route replace fd00:99::/64 via fd00:30:10::1 dev br0 metric 1024\n" in ifu
+    auto = R.target("ifupdown", dual(address6=[], gateway6=None), {})
+    assert "iface br0 inet6 auto\n" in auto["/etc/network/interfaces.d/kvmcluster"]
+
+    nm = R.target("networkmanager", dual(), {})
+    cp = configparser.ConfigParser(interpolation=None)
+    cp.read_string(nm["/etc/NetworkManager/system-connections/kvmcluster-br0.nmconnection"])
+    assert dict(cp["ipv6"]) == {"method": "auto", "addr-gen-mode": "eui64",
+                                "address1": "fd00:30:10::41/64,fd00:30:10::1",
+                                "route1": "fd00:99::/64,fd00:30:10::1,1024"}
+    assert cp["ipv4"]["route1"] == "10.99.0.0/24,172.30.10.1"
+    off = R.target("networkmanager", dual(address6=[], gateway6=None, ipv6_autoconf=False), {})
+    cp.read_string(off["/etc/NetworkManager/system-connections/kvmcluster-br0.nmconnection"])
+    assert cp["ipv6"]["method"] == "ignore"  # left to the kernel, never switched off
+
+    doc = yaml.safe_load(R.target("netplan", dual(), {})["/etc/netplan/60-kvmcluster.yaml"])
+    br = doc["network"]["bridges"]["br0"]
+    assert br["addresses"] == ["172.30.10.41/24", "fd00:30:10::41/64"]
+    assert br["accept-ra"] is True and br["ipv6-address-generation"] == "eui64"
+    assert br["routes"] == [{"to": "default", "via": "172.30.10.1"},
+                            {"to": "::/0", "via": "fd00:30:10::1"},
+                            {"to": "10.99.0.0/24", "via": "172.30.10.1"},
+                            {"to": "fd00:99::/64", "via": "fd00:30:10::1", "metric": 1024}]
+
+    cfg = R.target("ifcfg", dual(), {})
+    br0 = R.parse_ifcfg(cfg["/etc/sysconfig/network-scripts/ifcfg-br0"])
+    assert {k: br0[k] for k in ("IPV6INIT", "IPV6_AUTOCONF", "IPV6ADDR", "IPV6_DEFAULTGW")} == {
+        "IPV6INIT": "yes", "IPV6_AUTOCONF": "yes", "IPV6ADDR": "fd00:30:10::41/64",
+        "IPV6_DEFAULTGW": "fd00:30:10::1"}
+    assert cfg["/etc/sysconfig/network-scripts/route-br0"].endswith(
+        "10.99.0.0/24 via 172.30.10.1 dev br0\n")
+    assert cfg["/etc/sysconfig/network-scripts/route6-br0"].endswith(
+        "fd00:99::/64 via fd00:30:10::1 dev br0 metric 1024\n")
+    assert R.parse_ifcfg(cfg["/etc/sysconfig/network-scripts/ifcfg-eth0"])["IPV6INIT"] == "no"
+
+
+UBUNTU_NM_NETPLAN = """network:
+  version: 2
+  ethernets:
+    NM-0f5a1c7e-2d3b-4c1a-9a57-6f1e2b3c4d5e:
+      renderer: NetworkManager
+      match:
+        name: "eth0"
+      addresses:
+      - "172.30.10.41/24"
+      networkmanager:
+        uuid: "0f5a1c7e-2d3b-4c1a-9a57-6f1e2b3c4d5e"
+        name: "Wired connection 1"
+        passthrough:
+          connection.interface-name: "eth0"
+    NM-1111:
+      renderer: NetworkManager
+      match:
+        name: "eth9"
+"""
+
+
+def test_ubuntu_networkmanager_profiles_stored_by_netplan_are_taken():
+    path = "/etc/netplan/90-NM-0f5a1c7e-2d3b-4c1a-9a57-6f1e2b3c4d5e.yaml"
+    out = R.target("networkmanager", dual(), {path: UBUNTU_NM_NETPLAN})
+    left = yaml.safe_load(out[path])["network"]["ethernets"]
+    assert list(left) == ["NM-1111"]  # the profile bound to eth0 goes, eth9's stays
+    by_mac = UBUNTU_NM_NETPLAN.replace('name: "eth0"', 'macaddress: "52:54:00:AA:BB:01"') \
+        .replace('connection.interface-name: "eth0"', 'connection.autoconnect: "true"')
+    out = R.target("networkmanager", dual(), {path: by_mac})
+    assert list(yaml.safe_load(out[path])["network"]["ethernets"]) == ["NM-1111"]

@@ -108,3 +108,52 @@ def test_guest_taps_on_the_bridge_are_seen(monkeypatch):
     assert network.guests_on("br0", AFTER, own={"eth0"}) == []
     ev = evaluate(monkeypatch, rt, INTERFACES)  # the files would change: br0 is touched
     assert ev["guests"] == ["vnet0"]
+
+
+def test_who_confirms(monkeypatch):
+    # The session arrived at the address that stays: the node proves the path itself.
+    ev = evaluate(monkeypatch, BEFORE, INTERFACES)
+    assert ev["effect"]["confirmation"]["by"] == "node"
+    assert ev["spec"]["confirm"] == "auto"
+    assert ev["spec"]["peer"] == {"address": "172.30.10.1", "port": 22}
+    # Re-addressing: the session's address goes away; the management node must confirm.
+    ev = evaluate(monkeypatch, BEFORE, INTERFACES, session="172.30.10.99")
+    assert ev["effect"]["confirmation"]["by"] == "node"  # .99 is not on an owned device
+    moved = copy.deepcopy(BEFORE)
+    moved["addrs"]["eth0"] = ["172.30.10.99/24"]
+    ev = evaluate(monkeypatch, moved, INTERFACES, session="172.30.10.99")
+    assert ev["effect"]["management_session"]["kept"] is False
+    assert ev["effect"]["confirmation"] == {
+        "by": "management", "why": "the management address 172.30.10.99 moves"}
+    assert ev["spec"]["confirm"] == "manual"
+    assert {"address": "172.30.10.99/24", "from": "eth0", "to": None} in \
+        ev["effect"]["addresses"]
+    # manual always waits for the management node.
+    monkeypatch.setenv("SSH_CONNECTION", "172.30.10.1 50000 172.30.10.11 22")
+    ev = network.evaluate(MGMT, "ifupdown", 90, {"confirm": "manual"})
+    assert ev["effect"]["confirmation"]["why"] == "network:confirm is manual"
+
+
+def test_a_rollback_timeout_shorter_than_the_apply_is_refused(monkeypatch):
+    evaluate(monkeypatch, BEFORE, INTERFACES)  # the same monkeypatched node
+    with pytest.raises(network.CommandExecutionError, match=r"\[mgmt01\] kvmcluster:network:"
+                       r"rollback_timeout: 10s is shorter than this ifupdown change can take"):
+        network.evaluate(MGMT, "ifupdown", 10)
+
+
+def test_ifcfg_on_el9_is_refused_with_what_to_use(monkeypatch):
+    monkeypatch.setattr(network, "__grains__", {"os_family": "RedHat", "os": "Rocky",
+                                                "osmajorrelease": 9}, raising=False)
+    me = dict(MGMT, backend="ifcfg")
+    with pytest.raises(network.CommandExecutionError) as err:
+        network.check_backend(me, "ifcfg")
+    assert str(err.value).startswith("[mgmt01] kvmcluster:nodes:mgmt01:backend: ifcfg needs "
+                                     "the network-scripts package")
+    assert "use networkmanager (keyfiles" in str(err.value)
+    monkeypatch.setattr(network, "_active", lambda unit: False)
+    monkeypatch.setattr(network.glob, "glob", lambda p: [])
+    assert network.detect_backend() == "networkmanager"
+    monkeypatch.setattr(network, "__grains__", {"os_family": "RedHat", "osmajorrelease": 8})
+    monkeypatch.setattr(network, "_has_network_scripts", lambda: True)
+    assert network.detect_backend() == "ifcfg"
+    assert network.check_backend(me, "ifcfg") is True
