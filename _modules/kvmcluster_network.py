@@ -233,7 +233,7 @@ def apply_bound(backend, devices, mode="restart"):
     """
     if mode == "reload":
         return 15
-    per = {"ifupdown": (10, 5), "networkmanager": (10, 5), "netplan": (15, 3),
+    per = {"ifupdown": (10, 5), "networkmanager": (10, 5), "netplan": (12, 3),
            "ifcfg": (20, 3)}.get(backend, (20, 5))
     return per[0] + per[1] * int(devices) + 10
 
