@@ -151,10 +151,12 @@ def plan(me, rt=None):
     bridge = dict(me["bridge"])
     owned = {bridge["name"], port["name"], *nics}
     # Routes an operator added on the port (or already on the bridge) go with the address.
-    routes = sorted(({"family": r["family"], "dst": r["dst"], "gateway": r.get("gateway"),
-                      "metric": r.get("metric")}
-                     for r in rt.get("static_routes", []) if r.get("dev") in owned),
-                    key=lambda r: (r["family"], r["dst"], r.get("gateway") or ""))
+    # Identity is (family, destination, gateway): the metric is the backend's to choose
+    # (NetworkManager gives a bridge 425), and carrying it would never converge.
+    seen = {(r["family"], r["dst"], r.get("gateway"))
+            for r in rt.get("static_routes", []) if r.get("dev") in owned}
+    routes = [{"family": f, "dst": d, "gateway": g, "metric": None}
+              for f, d, g in sorted(seen, key=lambda k: (k[0], k[1], k[2] or ""))]
     return {
         "name": me["name"], "address": me["address"], "ip": me["ip"], "gateway": me.get("gateway"),
         "address6": me.get("address6"), "gateway6": me.get("gateway6"),
@@ -362,9 +364,9 @@ def evaluate(me, backend=None, rollback_after=90, settings=None):
             holder = [d for d, al in rt["addrs"].items() if a in al]
             moves.append({"address": a, "from": holder[0] if holder else None, "to": br})
     routes_moved = [dict(r, dev=br) for r in p["routes"]]
-    route_moves = [f"{r['dst']}{' via ' + r['gateway'] if r.get('gateway') else ''}: "
-                   f"{r['dev']} -> {br}" for r in rt.get("static_routes", [])
-                   if r.get("dev") in owned - {br}]
+    route_moves = sorted({f"{r['dst']}{' via ' + r['gateway'] if r.get('gateway') else ''}: "
+                          f"{r['dev']} -> {br}" for r in rt.get("static_routes", [])
+                          if r.get("dev") in owned - {br}})
     route_old = sorted({f"via {r['gateway']} dev {r['dev']}" for r in rt["routes"]})
     route_new = [f"via {p['gateway']} dev {br}"] if p.get("gateway") else route_old
     route6_old = sorted({f"via {r['gateway']} dev {r['dev']}" for r in rt.get("routes6", [])

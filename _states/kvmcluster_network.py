@@ -174,8 +174,9 @@ def bridged(name, packages=None, backend=None):
                           "it stays changed")
         return ret
     ret["changes"] = changes
+    verb = "took over" if ev["risk"] == "disruptive" else "reloaded without going down"
     if res["phase"] == "confirmed":
-        ret["comment"] = (f"{br} took over in {took:.1f}s ({backend}, transaction {res['id']}), "
+        ret["comment"] = (f"{br} {verb} in {took:.1f}s ({backend}, transaction {res['id']}), "
                           f"{res['detail']}\n" + "\n".join(lines))
         return ret
     if who["by"] == "node":

@@ -45,8 +45,23 @@ def lab_pillar(nodes):
     }
 
 
+# kvmcluster with one node made slow before its network state (pillar lab_slow: {node: s}).
+SLOW_SLS = """include:
+  - kvmcluster
+{%- set slow = salt["pillar.get"]("lab_slow", {}).get(grains["id"]) %}
+{%- if slow %}
+
+lab-slow-before-network:
+  cmd.run:
+    - name: sleep {{ slow | int }}
+    - require_in:
+      - kvmcluster_network: kvmcluster-network-bridge-managed
+{%- endif %}
+"""
+
+
 def write(nodes, extra_pillar=None):
-    for sub in ("pillar", "root", "pki"):
+    for sub in ("pillar", "root", "pki", "states"):
         (SALT_DIR / sub).mkdir(parents=True, exist_ok=True)
     master = {
         "root_dir": str(SALT_DIR / "root"),
@@ -54,7 +69,8 @@ def write(nodes, extra_pillar=None):
         "cachedir": str(SALT_DIR / "root" / "cache"),
         "log_file": str(SALT_DIR / "master.log"),
         "ssh_log_file": str(SALT_DIR / "ssh.log"),
-        "file_roots": {"base": [str(paths.REPO_ROOT)]},
+        # The formula, then the lab's own SLS (scenarios such as a slow node).
+        "file_roots": {"base": [str(paths.REPO_ROOT), str(SALT_DIR / "states")]},
         "pillar_roots": {"base": [str(PILLAR_DIR)]},
         "state_output": "changes",
         # salt-run state.orchestrate with ssh: true targets the roster, as salt-ssh does.
@@ -93,6 +109,7 @@ def write(nodes, extra_pillar=None):
     }
     (SALT_DIR / "Saltfile").write_text(yaml.safe_dump(saltfile, sort_keys=False))
     (PILLAR_DIR / "top.sls").write_text("base:\n  '*':\n    - kvmcluster\n")
+    (SALT_DIR / "states" / "labslow.sls").write_text(SLOW_SLS)
     pillar = lab_pillar(nodes)
     if extra_pillar:
         pillar = extra_pillar
