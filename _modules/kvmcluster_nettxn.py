@@ -814,7 +814,10 @@ def begin(spec, wait=True, delay=0):
                 f"network transaction {t.id} is still {t.phase()['phase']}; confirm it "
                 "(kvmcluster_network.confirm) or wait for its rollback")
     _install_script()
-    tid = time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(2)
+    # Sortable by start: the second, its milliseconds, then a random tag.
+    now = time.time()
+    tid = (time.strftime("%Y%m%dT%H%M%S", time.localtime(now))
+           + f"{int(now * 1000) % 1000:03d}-{secrets.token_hex(2)}")
     path = os.path.join(BASE, "txn", tid)
     os.makedirs(path, mode=0o700)
     txn = Txn(path)
@@ -839,7 +842,8 @@ def begin(spec, wait=True, delay=0):
     if wait:
         argv.insert(1, "--wait")
     elif delay:
-        argv.insert(1, f"--on-active={delay}")
+        # systemd's timers fire up to a minute late unless told otherwise.
+        argv[1:1] = [f"--on-active={delay}", "--timer-property=AccuracySec=1s"]
     argv += [_python(), _script(), "apply", path]
     _run(argv, timeout=after + 60)
     # The unit goes on if this process is interrupted; the phase file is the truth.

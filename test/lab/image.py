@@ -205,12 +205,15 @@ def lab_files(root):
     (root / "etc/dpkg/dpkg.cfg.d/lab-nodoc").write_text(
         "path-exclude=/usr/share/man/*\npath-exclude=/usr/share/doc/*\n"
         "path-include=/usr/share/doc/*/copyright\n")
-    # root's systemd user manager stays up (linger): in container nodes, stopping it 10 s
-    # after the last SSH session hangs on the host's cgroup freezer ("Failed to thaw slice")
-    # and holds the next session for the stop timeout.
-    linger = root / "var/lib/systemd/linger"
-    linger.mkdir(parents=True, exist_ok=True)
-    (linger / "root").touch()
+    # root's systemd user manager, once started by a login, stays up: in container nodes,
+    # stopping it 10 s after the last SSH session hangs on the host's cgroup freezer
+    # ("Failed to thaw slice") and holds the next session for the stop timeout.
+    linger = root / "var/lib/systemd/linger/root"
+    if linger.exists():
+        linger.unlink()
+    logind = root / "etc/systemd/logind.conf.d"
+    logind.mkdir(parents=True, exist_ok=True)
+    (logind / "lab.conf").write_text("[Login]\nUserStopDelaySec=infinity\n")
     # Races with the container's runlevel change now and then; utmp is nothing to the lab.
     mask = root / "etc/systemd/system/systemd-update-utmp-runlevel.service"
     if not mask.is_symlink():

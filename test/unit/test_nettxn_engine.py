@@ -19,6 +19,10 @@ OLD_IFACES = ("auto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet sta
               f"    address {IP}/24\n    gateway {GW}\n")
 NEW_IFACES = "source /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\n"
 NEW_OURS = f"auto br0\niface br0 inet static\n    address {IP}/24\n    bridge_ports eth0\n"
+NM_OLD = "/etc/NetworkManager/system-connections/lab-eth0.nmconnection"
+NM_OURS = "/etc/NetworkManager/system-connections/kvmcluster-br0.nmconnection"
+NETPLAN_OLD = "/etc/netplan/50-lab.yaml"
+NETPLAN_OURS = "/etc/netplan/60-kvmcluster.yaml"
 ROUTE = {"family": 4, "dst": "10.99.0.0/24", "gateway": GW, "dev": "eth0", "metric": None}
 
 
@@ -40,6 +44,8 @@ class Host:
         self.peer_answers = True    # answers TCP
         self.bridge_gets_address = True
         self.services = {"NetworkManager.service"}
+        self.gateway_echo = True    # answers ICMP echo
+        self.firewall = []
 
     def path(self, p):
         return str(self.root / p.lstrip("/"))
@@ -102,11 +108,21 @@ class Host:
             raise AssertionError(f"unexpected ip -j {args}")
         if argv[0] == "ip":
             return self._ip(argv[1:])
-        if argv[0] == "ifdown":
+        if argv[:2] == ["ifdown", "--force"]:
             self._down(argv[-1])
             return ok
-        if argv[0] == "ifup":
+        if argv[:2] == ["ifup", "--force"]:
             self._up(argv[-1])
+            return ok
+        if argv[0] == "nmcli":
+            return self._nmcli(argv[1:])
+        if argv in (["netplan", "generate"], ["networkctl", "reload"]):
+            return ok
+        if argv[:2] == ["networkctl", "reconfigure"]:
+            if self._read(NETPLAN_OURS):
+                self._up("br0", ours=True)
+            elif self._read(NETPLAN_OLD):
+                self._up("eth0", old=True)
             return ok
         if argv[0] == "systemd-run":
             unit = next(a.split("=", 1)[1] for a in argv if a.startswith("--unit="))
@@ -120,7 +136,28 @@ class Host:
             return ok
         if argv[0] == "systemctl":
             return self._systemctl(argv[1:])
-        return ok
+        if argv[0] == "firewall-cmd":
+            self.firewall.append(argv[1:])
+            return ok
+        if argv[0] == "ping":
+            return (0 if self.gateway_echo and self._on_link(argv[-1]) == argv[-2] else 1), "", ""
+        raise AssertionError(f"the engine ran a command no host has: {argv}")
+
+    def _nmcli(self, a):
+        if a in (["connection", "reload"], ["device", "reapply", "br0"]):
+            return 0, "", ""
+        if a[:1] == ["--wait"] and a[2:4] == ["connection", "up"]:
+            name = a[-1]
+            if name == "kvmcluster-br0" and self._read(NM_OURS):
+                self._up("br0", ours=True)
+            elif name == "kvmcluster-eth0":
+                pass
+            elif a[4:5] == ["id"] and name == "lab-eth0" and self._read(NM_OLD):
+                self._up("eth0", old=True)
+            else:
+                return 10, "", f"Error: unknown connection '{name}'"
+            return 0, "", ""
+        raise AssertionError(f"unexpected nmcli {a}")
 
     def _ip(self, a):
         fam = a[0] if a[0] in ("-4", "-6") else None
@@ -159,8 +196,8 @@ class Host:
             if ln["master"] == dev:
                 ln["master"] = None
 
-    def _up(self, dev):
-        ours = self._read("/etc/network/interfaces.d/kvmcluster")
+    def _up(self, dev, ours=None, old=None):
+        ours = ours or self._read("/etc/network/interfaces.d/kvmcluster")
         if dev == "br0" and ours:
             self.links["br0"] = {"kind": "bridge", "master": None, "up": True}
             self.links["eth0"]["master"] = "br0"
@@ -169,6 +206,10 @@ class Host:
                 self.routes.append({"family": 4, "dst": "default", "gateway": GW, "dev": "br0"})
                 self.routes.append({"family": 4, "dst": "10.99.0.0/24", "gateway": GW,
                                     "dev": "br0"})
+        elif dev == "eth0" and old:
+            self.addrs["eth0"] = [f"{IP}/24", f"{IP6}/64"]
+            self.routes.append({"family": 4, "dst": "default", "gateway": GW, "dev": "eth0"})
+            self.routes.append({"family": 6, "dst": "default", "gateway": GW6, "dev": "eth0"})
         elif dev == "eth0" and "iface eth0 inet static" in (self._read(
                 "/etc/network/interfaces") or ""):
             self.addrs["eth0"] = [f"{IP}/24"]   # ifupdown's old file: IPv4 only
@@ -260,6 +301,83 @@ def spec(h, **kw):
     }
     s.update(kw)
     return s
+
+
+BACKEND_FILES = {
+    "networkmanager": ((NM_OLD, "[connection]\nid=lab-eth0\n", None),
+                       (NM_OURS, None, "[connection]\nid=kvmcluster-br0\n")),
+    "netplan": ((NETPLAN_OLD, "network: {version: 2}\n", None),
+                (NETPLAN_OURS, None, "network: {version: 2, bridges: {br0: {}}}\n")),
+}
+
+
+def backend_spec(h, backend, **kw):
+    """A takeover on NetworkManager or netplan: the old profile goes, ours comes."""
+    files = {}
+    for path, old, new in BACKEND_FILES[backend]:
+        files[h.path(path)] = {"old": old, "new": new, "mode": 0o600,
+                               "old_mode": 0o600 if old else None}
+        if old:
+            os.makedirs(os.path.dirname(h.path(path)), exist_ok=True)
+            with open(h.path(path), "w", encoding="utf-8") as fh:
+                fh.write(old)
+    before = dict(spec(h)["before"], ifupdown_up=[],
+                  nm_active=["lab-eth0"] if backend == "networkmanager" else [])
+    return spec(h, backend=backend, files=files, before=before, **kw)
+
+
+def backend_back_as_before(h, backend):
+    for path, old, _new in BACKEND_FILES[backend]:
+        assert h._read(path) == old, path
+    assert "br0" not in h.links and h.links["eth0"]["master"] is None
+    assert sorted(h.addrs["eth0"]) == sorted([f"{IP}/24", f"{IP6}/64"])
+    routes = {(r["family"], r["dst"], r.get("gateway"), r["dev"]) for r in h.routes}
+    assert {(4, "default", GW, "eth0"), (6, "default", GW6, "eth0"),
+            (4, "10.99.0.0/24", GW, "eth0")} <= routes
+
+
+@pytest.mark.parametrize("backend", ["networkmanager", "netplan"])
+def test_other_backends_take_over_and_roll_back(host, backend):
+    host.links["eth0"]["master"] = None
+    res = host.tx.begin(backend_spec(host, backend, confirm="manual"))
+    assert res["phase"] == "applied", res
+    assert host.addrs["br0"] == [f"{IP}/24", f"{IP6}/64"] and host.addrs["eth0"] == []
+    host.fire(f"kvmcluster-net-rollback-{res['id']}")
+    backend_back_as_before(host, backend)
+
+
+@pytest.mark.parametrize("backend", ["networkmanager", "netplan"])
+def test_other_backends_confirm_on_the_node(host, backend):
+    res = host.tx.begin(backend_spec(host, backend))
+    assert res["phase"] == "confirmed" and host.timers == {}
+    for path, _old, new in BACKEND_FILES[backend]:
+        assert host._read(path) == new
+
+
+@pytest.mark.parametrize("backend", ["networkmanager", "netplan"])
+def test_reload_on_other_backends_only_reloads(host, backend):
+    files = {host.path(BACKEND_FILES[backend][1][0]): {
+        "old": "a\n", "new": "b\n", "mode": 0o600, "old_mode": 0o600}}
+    host.links["br0"] = {"kind": "bridge", "master": None, "up": True}
+    host.links["eth0"]["master"] = "br0"
+    host.addrs["br0"], host.addrs["eth0"] = [f"{IP}/24", f"{IP6}/64"], []
+    host.routes = [{"family": 4, "dst": "default", "gateway": GW, "dev": "br0"},
+                   {"family": 4, "dst": "10.99.0.0/24", "gateway": GW, "dev": "br0"}]
+    res = host.tx.begin(spec(host, backend=backend, mode="reload", files=files, created=[],
+                             confirm="manual"))
+    assert res["phase"] == "applied"
+    want = {"networkmanager": [["nmcli", "connection", "reload"],
+                               ["nmcli", "device", "reapply", "br0"]],
+            "netplan": [["netplan", "generate"], ["networkctl", "reload"]]}[backend]
+    ran = [c for c in host.cmds if c[0] in ("nmcli", "netplan", "networkctl", "ifup",
+                                             "ifdown")]
+    assert ran == want
+    host.cmds.clear()
+    host.fire(f"kvmcluster-net-rollback-{res['id']}")
+    ran = [c for c in host.cmds if c[0] in ("nmcli", "netplan", "networkctl", "ifup",
+                                             "ifdown")]
+    assert ran == want and host._read(BACKEND_FILES[backend][1][0]) == "a\n"
+    assert host.addrs["br0"] == [f"{IP}/24", f"{IP6}/64"]
 
 
 def files_are_old(h):
@@ -448,3 +566,100 @@ def test_boot_unit_runs_before_every_network_service(host):
                  "systemd-networkd.service", "network.service"):
         assert unit in before.split("=", 1)[1].split()
     assert "DefaultDependencies=no" in text and "boot\n" in text
+
+
+def test_tcp_answer_counts_accepted_and_refused_not_silence():
+    import socket  # the real one: loopback only
+
+    tx = load_module("_modules", "kvmcluster_nettxn")
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    try:
+        assert tx._tcp_answer("127.0.0.1", "127.0.0.1", port) == (True, "accepted")
+    finally:
+        srv.close()
+    assert tx._tcp_answer(None, "127.0.0.1", port) == (True, "refused (an answer)")
+    ok, why = tx._tcp_answer("127.0.0.1", "::1", port, timeout=0.5)  # families differ: no bind
+    assert ok is True or "refused" not in why
+
+
+def test_peer_behind_the_gateway_is_proven_through_it(host):
+    res = host.tx.begin(spec(host, peer={"address": "10.20.0.5", "port": 4506}))
+    assert res["phase"] == "confirmed"
+    assert "via 172.30.10.1" in res["detail"] and "TCP 4506" in res["detail"]
+
+
+def test_unresolved_gateway_denies_the_self_confirmation(host, monkeypatch):
+    host.tx.begin(spec(host, check={"gateway": "none"}, confirm="manual"))
+    host.tx.confirm()
+    host.gateway_alive = False
+    proved, why = host.tx._peer_proof(spec(host, peer={"address": "10.20.0.5", "port": 22}))
+    assert not proved and why == "172.30.10.1 does not resolve on br0"
+    proved, why = host.tx._peer_proof(spec(host, peer=None))
+    assert not proved and why == "no management peer known"
+
+
+def test_icmp_check_needs_an_echo(host):
+    host.tx.begin(spec(host, check={"gateway": "icmp"}, confirm="manual"))
+    assert host.tx.history(1)[0]["phase"] == "applied"
+    host.tx.confirm()
+    host.gateway_echo = False
+    ok, why = host.tx._gateway_answers(spec(host, check={"gateway": "icmp"}))
+    assert not ok and why == "gateway 172.30.10.1 does not answer on br0"
+    ok, why = host.tx._gateway_answers(spec(host, check={"gateway": "arp"}))
+    assert ok and why == "gateway 172.30.10.1 resolves (ARP/ND)"
+
+
+def test_firewalld_zone_follows_the_bridge_and_back(host):
+    before = dict(spec(host)["before"], zone="public")
+    res = host.tx.begin(spec(host, before=before, confirm="manual"))
+    assert ["--zone=public", "--change-interface=br0"] in host.firewall
+    assert ["--permanent", "--zone=public", "--change-interface=br0"] in host.firewall
+    host.firewall.clear()
+    host.fire(f"kvmcluster-net-rollback-{res['id']}")
+    assert ["--zone=public", "--change-interface=eth0"] in host.firewall
+    assert ["--permanent", "--zone=public", "--change-interface=eth0"] in host.firewall
+
+
+@pytest.mark.parametrize("backend", ["netplan", "ifcfg"])
+def test_boot_rollback_does_what_the_backend_reads_early(host, backend):
+    before = dict(spec(host)["before"], nm_enabled=True, nm_running=True)
+    host.enabled.add("NetworkManager.service")
+    sp = backend_spec(host, "netplan", confirm="manual") if backend == "netplan" else \
+        spec(host, backend="ifcfg", confirm="manual", before=before)
+    host.tx.begin(sp)
+    host.cmds.clear()
+    host.tx._do_boot()
+    if backend == "netplan":
+        assert ["netplan", "generate"] in host.cmds
+    else:
+        assert ["systemctl", "enable", "NetworkManager.service"] in host.cmds
+        assert ["systemctl", "start", "--no-block", "NetworkManager.service"] in host.cmds
+
+
+def test_confirm_by_id_and_history(host):
+    res = host.tx.begin(spec(host, confirm="manual"))
+    with pytest.raises(host.tx.CommandExecutionError, match="no network transaction nope"):
+        host.tx.confirm("nope")
+    got = host.tx.confirm(res["id"])
+    assert got["confirmed"] is True and got["id"] == res["id"]
+    again = host.tx.confirm(res["id"])
+    assert again["confirmed"] is True and again["phase"] == "confirmed"
+    hist = host.tx.history(5)
+    assert [h["phase"] for h in hist] == ["confirmed"]
+    assert any("confirmed: confirmed by the management node" in line for line in hist[0]["log"])
+
+
+def test_old_transactions_are_pruned(host, monkeypatch):
+    monkeypatch.setattr(host.tx, "KEEP", 2)
+    ids = []
+    for _ in range(4):
+        res = host.tx.begin(spec(host, confirm="manual"))
+        host.tx.confirm()
+        ids.append(res["id"])
+        host.links.pop("br0", None)
+        host.links["eth0"]["master"] = None
+        host.addrs = {"lo": ["127.0.0.1/8"], "eth0": [f"{IP}/24", f"{IP6}/64"]}
+    assert [h["id"] for h in host.tx.history(10)] == ids[-2:]
