@@ -20,6 +20,8 @@ def vm_lab(lab):  # noqa: ARG001  (after the container lab's tests)
     vms = Lab(state)
     pillar = json.loads(json.dumps(vms.pillar))
     pillar["kvmcluster"]["storage"]["secondary"] = {"enabled": True, "server": "kvm01"}
+    # TCG nodes are slow and a bond has four interfaces: the default timeout, not the lab's.
+    pillar["kvmcluster"]["network"]["rollback_timeout"] = 90
     for node in ("kvm01", "kvm02"):
         # bond0 (802.3ad by default) of both NICs under br0. The lab switch carries 1500.
         entry = pillar["kvmcluster"]["nodes"][node]

@@ -121,3 +121,112 @@ def test_guests_on_the_bridge_refuse_a_disruptive_change():
     got = run(node, test=False)
     assert got["result"] is False and node.begun == []
     assert "guests are attached to it (vnet7)" in got["comment"]
+
+
+def test_a_pending_transaction_stops_the_run():
+    node = Node(evaluation(), CONFIRMED, ("ifupdown", "bridge-utils"))
+    salt = node.salt()
+    salt["kvmcluster_nettxn.pending"] = lambda: {"id": "t9", "phase": "applied",
+                                                 "deadline": 0}
+    state.__salt__, state.__opts__ = salt, {"test": False}
+    got = state.bridged("bridge")
+    assert got["result"] is False and got["changes"] == {} and node.begun == []
+    assert got["comment"].startswith("network transaction t9 is applied and not confirmed")
+
+
+def test_an_unmanaged_bridge_is_left_alone():
+    node = Node(evaluation(), CONFIRMED)
+    salt = node.salt()
+    salt["kvmcluster_model.current"] = lambda: dict(VIEW, network=dict(VIEW["network"],
+                                                                       manage=False))
+    state.__salt__, state.__opts__ = salt, {"test": False}
+    got = state.bridged("bridge")
+    assert got == {"name": "bridge", "changes": {}, "result": True,
+                   "comment": "the bridge is not managed here (kvmcluster:network:manage is "
+                              "false)"}
+
+
+def test_a_transaction_that_cannot_start_changes_nothing_but_packages():
+    node = Node(evaluation(), CONFIRMED)
+
+    def refuse(spec, wait=True, delay=0):
+        raise RuntimeError("the boot-time rollback is not installed")
+
+    salt = node.salt()
+    salt["kvmcluster_nettxn.begin"] = refuse
+    state.__salt__, state.__opts__ = salt, {"test": False}
+    got = state.bridged("bridge", packages={"ifupdown": ["ifupdown", "bridge-utils"]})
+    assert got["result"] is False
+    assert got["changes"] == {"packages": {"old": [], "new": ["bridge-utils"]}}
+    assert got["comment"] == ("network transaction not started: the boot-time rollback is "
+                              "not installed")
+
+
+def test_an_evaluation_error_is_the_result_and_changes_nothing_under_test():
+    node = Node(evaluation(), CONFIRMED)
+    salt = node.salt()
+
+    def bad(*a):
+        raise RuntimeError("[kvm01] kvmcluster:network:rollback_timeout: 10s is shorter")
+
+    salt["kvmcluster_network.evaluate"] = bad
+    for test in (True, False):
+        state.__salt__, state.__opts__ = salt, {"test": test}
+        got = state.bridged("bridge", packages={"ifupdown": ["ifupdown", "bridge-utils"]})
+        assert got["result"] is False and "rollback_timeout" in got["comment"]
+        assert got["changes"] == ({} if test else
+                                  {"packages": {"old": [], "new": ["bridge-utils"]}})
+
+
+def test_the_comment_lists_what_moves():
+    lines = state._effect_lines({"plan": PLAN, "effect": {
+        "addresses": [{"address": "a/24", "from": "eth0", "to": "br0"},
+                      {"address": "b/24", "from": None, "to": None}],
+        "default_route": {"old": [], "new": ["via g dev br0"]},
+        "default_route6": {"old": ["via g6 dev eth0"], "new": ["via g6 dev br0"]},
+        "bridge_mac": {"old": None, "new": "52:54:00:00:00:01"},
+        "routes": ["10.99.0.0/24 via g: eth0 -> br0"],
+        "management_session": {"address": "a", "interface": "eth0", "touched": False,
+                               "kept": False}}})
+    assert lines == ["address a/24: eth0 -> br0", "address b/24: nowhere -> removed",
+                     "default route: none -> via g dev br0",
+                     "br0 MAC: new -> 52:54:00:00:00:01",
+                     "route 10.99.0.0/24 via g: eth0 -> br0",
+                     "IPv6 default route: via g6 dev eth0 -> via g6 dev br0",
+                     "management session on a (eth0): not touched, ADDRESS GOES AWAY"]
+
+
+@pytest.mark.parametrize("test", [True, False])
+def test_boot_guard_state(test):
+    calls = []
+
+    def guard(install=False):
+        calls.append(install)
+        return {"installed": install, "enabled": install}
+
+    state.__salt__, state.__opts__ = {"kvmcluster_nettxn.boot_guard": guard}, {"test": test}
+    got = state.boot_guard("boot-guard")
+    assert got["changes"] == {"installed": {"old": False, "new": True},
+                              "enabled": {"old": False, "new": True}}
+    assert got["result"] is (None if test else True)
+    assert calls == ([False] if test else [False, True])
+    state.__salt__ = {"kvmcluster_nettxn.boot_guard": lambda install=False: {
+        "installed": True, "enabled": True}}
+    assert state.boot_guard("boot-guard")["changes"] == {}
+
+
+def test_libvirt_network_follows_its_bridge():
+    net = {"exists": False}
+    salt = {"kvmcluster_model.current": lambda: dict(VIEW, self=dict(ME, bridge={"name": "br0"}),
+                                                     network=dict(VIEW["network"],
+                                                                  libvirt_network="host-bridge")),
+            "kvmcluster_network.libvirt_network": lambda name, bridge, define=False: dict(net),
+            "kvmcluster_network.runtime": lambda: {"links": {"eth0": {}}}}
+    state.__salt__, state.__opts__ = salt, {"test": True}
+    predicted = state.libvirt_network("libvirt-network")
+    assert predicted["result"] is None and predicted["changes"]["exists"] == {
+        "old": False, "new": True}
+    state.__opts__ = {"test": False}
+    got = state.libvirt_network("libvirt-network")
+    assert got["result"] is False and got["changes"] == {}
+    assert got["comment"] == "libvirt network host-bridge not started: bridge br0 does not exist"
