@@ -2,8 +2,8 @@
 no confirmation from anyone, then a wait of rollback_timeout + 30 s, then every node is
 checked (address on br0, last transaction, nothing rolled back) and a second run counted.
 
-    PYTHONPATH=test .venv/bin/python test/scenarios/one_command.py --nodes 12
-    PYTHONPATH=test .venv/bin/python test/scenarios/one_command.py --nodes 3 \
+    PYTHONPATH=test:test/integration .venv/bin/python test/scenarios/one_command.py --nodes 12
+    PYTHONPATH=test:test/integration .venv/bin/python test/scenarios/one_command.py --nodes 3 \
         --backends ifupdown,networkmanager,netplan --slow kvm01=120
 
 Prints one JSON document with the figures. Not part of `make test` (the 12-node run takes
