@@ -163,23 +163,31 @@ class Host:
         fam = a[0] if a[0] in ("-4", "-6") else None
         a = a[1:] if fam else a
         if a[:2] == ["addr", "flush"]:
+            assert fam and a[2] == "dev" and a[4:] == (["scope", "global"] if fam == "-6"
+                                                       else []), a
             dev = a[3]
             keep = [x for x in self.addrs.get(dev, []) if (":" in x) != (fam == "-6")]
             self.addrs[dev] = keep
         elif a[:2] == ["addr", "add"]:
+            assert fam == ("-6" if ":" in a[2] else "-4") and a[3] == "dev", a
             self.addrs.setdefault(a[4], []).append(a[2])
         elif a[:2] == ["link", "del"]:
             self._down(a[2])
             self.links.pop(a[2], None)
         elif a[:2] == ["link", "set"] and a[3] == "nomaster":
             self.links[a[2]]["master"] = None
+        elif a[:2] == ["link", "set"] and a[3] == "up":
+            self.links[a[2]]["up"] = True
         elif a[:2] == ["route", "replace"]:
+            assert fam in ("-4", "-6"), a
             dst, dev = a[2], a[a.index("dev") + 1]
             gw = a[a.index("via") + 1] if "via" in a else None
             family = 6 if fam == "-6" else 4
             self.routes = [r for r in self.routes if not (r["family"] == family
                                                          and r["dst"] == dst)]
             self.routes.append({"family": family, "dst": dst, "gateway": gw, "dev": dev})
+        else:
+            raise AssertionError(f"unexpected ip {fam} {a}")
         return 0, "", ""
 
     def _read(self, p):
@@ -663,3 +671,90 @@ def test_old_transactions_are_pruned(host, monkeypatch):
         host.links["eth0"]["master"] = None
         host.addrs = {"lo": ["127.0.0.1/8"], "eth0": [f"{IP}/24", f"{IP6}/64"]}
     assert [h["id"] for h in host.tx.history(10)] == ids[-2:]
+
+
+IP_ADDR = [
+    {"ifname": "br0", "addr_info": [
+        {"family": "inet", "local": IP, "prefixlen": 24, "scope": "global"},
+        {"family": "inet6", "local": IP6, "prefixlen": 64, "scope": "global"},
+        {"family": "inet6", "local": "fd00:30:10::5054:ff:fe30:100", "prefixlen": 64,
+         "scope": "global", "dynamic": True, "mngtmpaddr": True},
+        {"family": "inet6", "local": "fe80::1", "prefixlen": 64, "scope": "link"}]},
+    {"ifname": "lo", "addr_info": [{"family": "inet", "local": "127.0.0.1", "prefixlen": 8,
+                                    "scope": "host"}]}]
+IP_ROUTE4 = [{"dst": "default", "gateway": GW, "dev": "br0"},
+             {"dst": "172.30.10.0/24", "dev": "br0", "protocol": "kernel"},
+             {"dst": "10.99.0.0/24", "gateway": GW, "dev": "br0", "protocol": "static"},
+             {"dst": "10.98.0.0/24", "gateway": GW, "dev": "br0", "protocol": "dhcp"},
+             {"dst": "10.97.0.0/24", "dev": "br0", "type": "blackhole"}]
+IP_ROUTE6 = [{"dst": "default", "gateway": GW6, "dev": "br0", "protocol": "ra"},
+             {"dst": "fe80::/64", "dev": "br0", "protocol": "kernel"},
+             {"dst": "fd00:99::/64", "gateway": GW6, "dev": "br0", "metric": 1024}]
+
+
+def test_runtime_keeps_what_an_operator_configured(monkeypatch):
+    tx = load_module("_modules", "kvmcluster_nettxn")
+    answers = {("-d", "link", "show"): [{"ifname": "br0", "address": "52:54:00:AA:00:01",
+                                         "mtu": 1500, "flags": ["UP"],
+                                         "linkinfo": {"info_kind": "bridge"}}],
+               ("addr", "show"): IP_ADDR, ("-4", "route", "show"): IP_ROUTE4,
+               ("-6", "route", "show"): IP_ROUTE6}
+    monkeypatch.setattr(tx, "_ip_json", lambda *a: answers[a])
+    rt = tx.runtime()
+    assert rt["links"]["br0"] == {"mac": "52:54:00:aa:00:01", "mtu": 1500, "master": None,
+                                  "kind": "bridge", "data": {}, "slave": {}, "up": True}
+    assert rt["addrs"] == {"br0": [f"{IP}/24", f"{IP6}/64"], "lo": ["127.0.0.1/8"]}
+    assert rt["slaac"] == {"br0": ["fd00:30:10::5054:ff:fe30:100/64"]}
+    assert rt["routes"] == [{"gateway": GW, "dev": "br0"}]
+    assert rt["routes6"] == [{"gateway": GW6, "dev": "br0"}]
+    assert rt["static_routes"] == [
+        {"family": 4, "dst": "10.99.0.0/24", "gateway": GW, "dev": "br0", "metric": None},
+        {"family": 6, "dst": "fd00:99::/64", "gateway": GW6, "dev": "br0", "metric": 1024}]
+
+
+def test_the_script_entry_points(host):
+    res = host.tx.begin(spec(host, confirm="manual"))
+    path = os.path.join(host.tx.BASE, "txn", res["id"])
+    assert host.tx._main(["apply", path]) == 1          # not armed any more: skipped
+    assert host.tx._main(["rollback", path]) == 0
+    assert host.tx.history(1)[0]["detail"] == "rollback requested"
+    assert host.tx._main(["rollback", path, "again"]) == 0   # final: nothing to do
+    assert host.tx.history(1)[0]["phase"] == "rolled-back"
+    assert host.tx._main(["boot"]) == 0
+    assert host.tx._main([]) == 64 and host.tx._main(["apply"]) == 64
+
+
+def test_rollback_on_request_and_nothing_to_confirm_later(host, monkeypatch):
+    with pytest.raises(host.tx.CommandExecutionError, match="no pending network transaction"):
+        host.tx.rollback()
+    res = host.tx.begin(spec(host, confirm="manual"))
+    with pytest.raises(host.tx.CommandExecutionError, match="no pending network transaction x"):
+        host.tx.rollback("x")
+    got = host.tx.rollback(res["id"])
+    assert got["phase"] == "rolled-back" and got["detail"] == "rolled back on request"
+    back_as_before(host)
+    later = host.tx.time.time() + 3601
+    monkeypatch.setattr(host.tx.time, "time", lambda: later)
+    assert host.tx.confirm() == {"confirmed": False, "id": None, "comment": "nothing to confirm"}
+
+
+def test_replaced_files_are_kept_beyond_the_transaction(host):
+    res = host.tx.begin(spec(host))
+    kept = os.path.join(host.tx.BASE, "replaced", res["id"],
+                        host.path("/etc/network/interfaces").lstrip("/"))
+    with open(kept, encoding="utf-8") as fh:
+        assert fh.read() == OLD_IFACES
+    assert oct(os.stat(kept).st_mode & 0o777) == "0o600"
+    assert not os.path.exists(os.path.join(host.tx.BASE, "replaced", res["id"], host.path(
+        "/etc/network/interfaces.d/kvmcluster").lstrip("/")))  # it did not exist before
+
+
+def test_boot_guard_installs_the_unit_and_the_script(host):
+    with open(host.tx.BOOT_UNIT_PATH, encoding="utf-8") as fh:
+        assert fh.read() == host.tx.boot_unit_text()
+    assert os.access(host.tx._script(), os.X_OK)
+    assert "kvmcluster-net-boot-rollback.service" in host.enabled
+    assert ["systemctl", "daemon-reload"] in host.cmds
+    assert host.tx.boot_guard() == {"installed": True, "enabled": True}
+    os.unlink(host.tx._script())
+    assert host.tx.boot_guard()["installed"] is False
