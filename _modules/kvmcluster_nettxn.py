@@ -857,10 +857,11 @@ def begin(spec, wait=True, delay=0):
     return dict(txn.phase(), id=tid)
 
 
-def pending():
+def pending(reap=True):
     """
     The transaction waiting for confirmation, if any (``None`` otherwise). A transaction
-    whose timer was lost is rolled back here, past its deadline.
+    whose timer was lost is rolled back here, past its deadline (not with ``reap=False``,
+    as under ``test=True``).
 
     CLI Example:
 
@@ -868,7 +869,8 @@ def pending():
 
         salt-call kvmcluster_nettxn.pending
     """
-    _reap_stale()
+    if reap:
+        _reap_stale()
     for t in reversed(_txns()):
         ph = t.phase()
         if ph["phase"] not in FINAL:

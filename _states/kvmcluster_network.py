@@ -74,7 +74,8 @@ def bridged(name, packages=None, backend=None):
         ret["comment"] = "the bridge is not managed here (kvmcluster:network:manage is false)"
         return ret
     rollback_after = settings["rollback_timeout"]
-    pending = __salt__["kvmcluster_nettxn.pending"]()
+    # Under test=True nothing is rolled back, not even a stale transaction.
+    pending = __salt__["kvmcluster_nettxn.pending"](reap=not __opts__["test"])
     if pending:
         ret["result"] = False
         left = max(0, int((pending.get("deadline") or 0) - time.time()))

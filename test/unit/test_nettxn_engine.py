@@ -508,6 +508,8 @@ def test_a_transaction_whose_timer_was_lost_is_rolled_back_when_found(host, monk
     host.timers.clear()                           # lost: stopped by hand, a crash
     later = host.tx.time.time() + 3600
     monkeypatch.setattr(host.tx.time, "time", lambda: later)
+    assert host.tx.pending(reap=False)["id"] == res["id"]   # test=True: found, not touched
+    assert host.tx.history(1)[0]["phase"] == "applied"
     assert host.tx.pending() is None
     ph = host.tx.history(1)[0]
     assert ph["id"] == res["id"] and ph["phase"] == "rolled-back"

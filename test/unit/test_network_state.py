@@ -45,7 +45,7 @@ class Node:
     def salt(self):
         return {
             "kvmcluster_model.current": lambda: VIEW,
-            "kvmcluster_nettxn.pending": lambda: None,
+            "kvmcluster_nettxn.pending": lambda reap=True: None,
             "kvmcluster_network.detect_backend": lambda: "ifupdown",
             "kvmcluster_network.plan": lambda me: PLAN,
             "kvmcluster_network.evaluate": lambda *a: copy.deepcopy(self.ev),
@@ -126,8 +126,8 @@ def test_guests_on_the_bridge_refuse_a_disruptive_change():
 def test_a_pending_transaction_stops_the_run():
     node = Node(evaluation(), CONFIRMED, ("ifupdown", "bridge-utils"))
     salt = node.salt()
-    salt["kvmcluster_nettxn.pending"] = lambda: {"id": "t9", "phase": "applied",
-                                                 "deadline": 0}
+    salt["kvmcluster_nettxn.pending"] = lambda reap=True: {"id": "t9", "phase": "applied",
+                                                           "deadline": 0}
     state.__salt__, state.__opts__ = salt, {"test": False}
     got = state.bridged("bridge")
     assert got["result"] is False and got["changes"] == {} and node.begun == []
