@@ -14,7 +14,7 @@ import pytest
 
 from lab import net, report, saltcfg
 from lab.report import summarize
-from labtest import BACKENDS, record_timing
+from labtest import BACKENDS, record_timing, ssh
 
 NODES = ["kvm01", "kvm02", "kvm03"]
 ROLLBACK = saltcfg.ROLLBACK_TIMEOUT  # seconds; the lab pillar's (the shortest allowed)
@@ -308,8 +308,7 @@ def last_txn(lab, node, ip=None):
 
 
 def report_ssh(ip, command):
-    from labtest import ssh  # pylint: disable=import-outside-toplevel
-
+    """A command on a node by address (its pillar address may not be the lab's)."""
     return ssh(ip, command, timeout=60)
 
 
