@@ -57,13 +57,15 @@ NODE_BOND_KEYS = {"name", "slaves", "mode", "miimon", "updelay", "downdelay",
                   "xmit_hash_policy", "lacp_rate", "mtu"}
 NODE_BRIDGE_KEYS = {"name", "mtu", "stp", "forward_delay"}
 
-_HOSTNAME = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$", re.I)
-_IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
-_MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$", re.I)
-_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_SYSCTL = re.compile(r"^[a-z0-9_]+([./][a-z0-9_-]+)+$", re.I)
-_SSH_KEY = re.compile(r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp\d+|sk-\S+)\s+[A-Za-z0-9+/=]+(\s.*)?$")
-_POOL_NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
+_HOSTNAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z", re.A)
+_IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}\Z", re.A)
+_MAC = re.compile(r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}\Z", re.A)
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z", re.A)
+_SYSCTL = re.compile(r"^[A-Za-z0-9_]+([./][A-Za-z0-9_-]+)+\Z", re.A)
+# A sysctl value: words and numbers, never a newline, comment or shell metacharacter.
+_SYSCTL_VALUE = re.compile(r"^[A-Za-z0-9_.:/,+@= -]{0,256}\Z", re.A)
+_SSH_KEY = re.compile(r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp\d+|sk-\S+)[ \t]+[A-Za-z0-9+/=]+([ \t][^\n\r]*)?\Z", re.A)
+_POOL_NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,64}\Z", re.A)
 
 
 def __virtual__():
@@ -128,16 +130,16 @@ def _unknown(errors, node, path, data, valid):
 
 def _path_ok(errors, node, key, value):
     if not isinstance(value, str) or not value:
-        errors.add(node, key, f"must be an absolute path, got {value!r}")
+        errors.add(node, key, f"must be an absolute path, got {_q(value)}")
         return False
     if not value.startswith("/"):
-        errors.add(node, key, f"{value!r} is not an absolute path")
+        errors.add(node, key, f"{_q(value)} is not an absolute path")
         return False
     norm = posixpath.normpath(value)
     if norm.startswith("//"):
         norm = "/" + norm.lstrip("/")
     if norm != value:
-        errors.add(node, key, f"{value!r} is not normalized (write {norm!r})")
+        errors.add(node, key, f"{_q(value)} is not normalized (write {_q(norm)})")
         return False
     if value == "/":
         errors.add(node, key, "must not be the root directory")
@@ -153,7 +155,7 @@ def _nested(a, b):
 
 def _int(errors, node, key, value, lo, hi):
     if isinstance(value, bool) or not isinstance(value, int):
-        errors.add(node, key, f"must be an integer, got {value!r}")
+        errors.add(node, key, f"must be an integer, got {_q(value)}")
         return None
     if not lo <= value <= hi:
         errors.add(node, key, f"{value} is out of range {lo}..{hi}")
@@ -163,7 +165,7 @@ def _int(errors, node, key, value, lo, hi):
 
 def _bool(errors, node, key, value):
     if not isinstance(value, bool):
-        errors.add(node, key, f"must be true or false, got {value!r}")
+        errors.add(node, key, f"must be true or false, got {_q(value)}")
 
 
 def _addr(errors, node, key, value):
@@ -171,8 +173,31 @@ def _addr(errors, node, key, value):
         return ipaddress.ip_address(str(value)) if value is not None and not isinstance(value, bool) \
             else _raise()
     except ValueError:
-        errors.add(node, key, f"{value!r} is not an IP address")
+        errors.add(node, key, f"{_q(value)} is not an IP address")
         return None
+
+
+def _q(value, limit=80):
+    """``repr(value)`` cut to ``limit`` characters: a message never repeats a huge value."""
+    try:
+        text = repr(value)
+    except Exception:  # pylint: disable=broad-except
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _one_of(value, choices):
+    """``value in choices`` for any value (a list or mapping is simply not a choice)."""
+    return isinstance(value, str) and value in choices
+
+
+def _domain(errors, node, key, value):
+    if not (isinstance(value, str) and value and len(value) <= 253
+            and all(_HOSTNAME.match(p) for p in value.split("."))):
+        errors.add(node, key, f"{_q(value)} is not a DNS domain (ASCII letters, digits, "
+                   "hyphens and dots)")
+        return False
+    return True
 
 
 def _raise():
@@ -183,7 +208,7 @@ def _list(errors, node, key, value):
     if value is None:
         return []
     if not isinstance(value, list):
-        errors.add(node, key, f"must be a list, got {type(value).__name__} {value!r}")
+        errors.add(node, key, f"must be a list, got {type(value).__name__} {_q(value)}")
         return []
     return value
 
@@ -200,30 +225,49 @@ def build(pillar, defaults, self_id=None, self_os_family=None):
     Returns (model, errors); ``model`` is None when there are errors.
     """
     errors = _Errors()
+    try:
+        return _build(errors, pillar, defaults, self_id, self_os_family)
+    except Exception as exc:  # pylint: disable=broad-except
+        # Validation reports, it never raises; an exception here is a bug, named as one.
+        log.exception("kvmcluster model validation failed")
+        errors.add(None, ROOT, f"{INTERNAL}: {type(exc).__name__}: {_q(str(exc))}")
+        return None, errors
+
+
+INTERNAL = "cannot be validated (a bug in kvmcluster; please report it)"
+# Mappings whose keys are the operator's own (no unknown-key check below them).
+OPEN_MAPS = {"nodes", "sysctl"}
+
+
+def _shape(errors, path, data, default):
+    """Every key known, every mapping where the defaults hold one; False on a wrong shape."""
+    ok = True
+    if not isinstance(data, dict):
+        return ok
+    for k, v in data.items():
+        if k not in default:
+            errors.add(None, f"{path}:{k}", f"unknown key{_suggest(k, default)}; valid keys: "
+                       + ", ".join(sorted(map(str, default))))
+            continue
+        if isinstance(default[k], dict):
+            if not isinstance(v, dict):
+                errors.add(None, f"{path}:{k}", f"must be a mapping, got {type(v).__name__} "
+                           f"{_q(v)}")
+                ok = False
+            elif k not in OPEN_MAPS:
+                ok = _shape(errors, f"{path}:{k}", v, default[k]) and ok
+    return ok
+
+
+def _build(errors, pillar, defaults, self_id, self_os_family):
     if pillar is None:
         pillar = {}
     if not isinstance(pillar, dict):
         errors.add(None, ROOT, f"must be a mapping, got {type(pillar).__name__}")
         return None, errors
     pillar = {k: v for k, v in pillar.items() if k != "lookup"}
-    _unknown(errors, None, ROOT, pillar, set(defaults) | {"lookup"})
-    for section in ("storage", "bridge", "bond", "network", "account", "preflight", "libvirt"):
-        if section in pillar and not isinstance(pillar[section], dict):
-            errors.add(None, f"{ROOT}:{section}", "must be a mapping")
-            return None, errors
-        _unknown(errors, None, f"{ROOT}:{section}", pillar.get(section), set(defaults[section]))
-    storage_in = pillar.get("storage") or {}
-    for sub in ("primary", "secondary"):
-        if sub in storage_in and not isinstance(storage_in[sub], dict):
-            errors.add(None, f"{ROOT}:storage:{sub}", "must be a mapping")
-            return None, errors
-        _unknown(errors, None, f"{ROOT}:storage:{sub}", storage_in.get(sub),
-                 set(defaults["storage"][sub]))
-    _unknown(errors, None, f"{ROOT}:libvirt:tls", (pillar.get("libvirt") or {}).get("tls"),
-             set(defaults["libvirt"]["tls"]))
-    _unknown(errors, None, f"{ROOT}:storage:secondary:pool",
-             (storage_in.get("secondary") or {}).get("pool"),
-             set(defaults["storage"]["secondary"]["pool"]))
+    if not _shape(errors, ROOT, pillar, {**defaults, "lookup": {}}):
+        return None, errors
 
     c = merge(defaults, pillar)
     subnets = _check_cluster(errors, c)
@@ -252,7 +296,7 @@ def _check_cluster(errors, c):
         try:
             subnets.append(ipaddress.ip_network(str(s), strict=True))
         except ValueError as exc:
-            errors.add(None, f"{ROOT}:subnets:{i}", f"{s!r} is not a network ({exc})")
+            errors.add(None, f"{ROOT}:subnets:{i}", f"{_q(s)} is not a network ({_q(str(exc), 120)})")
     if not subnets and not errors:
         errors.add(None, f"{ROOT}:subnets", "at least one subnet is required, e.g. 172.30.10.0/24")
     if c.get("gateway") is not None:
@@ -264,29 +308,31 @@ def _check_cluster(errors, c):
         _addr(errors, None, f"{ROOT}:dns_servers:{i}", d)
     if not isinstance(c.get("domain"), str):
         errors.add(None, f"{ROOT}:domain", "must be a string")
-    elif c["domain"] and not all(_HOSTNAME.match(p) for p in c["domain"].split(".")):
-        errors.add(None, f"{ROOT}:domain", f"{c['domain']!r} is not a DNS domain")
+    elif c["domain"]:
+        _domain(errors, None, f"{ROOT}:domain", c["domain"])
+    for i, d in enumerate(_list(errors, None, f"{ROOT}:dns_search", c.get("dns_search"))):
+        _domain(errors, None, f"{ROOT}:dns_search:{i}", d)
     _check_bond(errors, None, f"{ROOT}:bond", c["bond"])
     _check_bridge(errors, None, f"{ROOT}:bridge", c["bridge"])
     _int(errors, None, f"{ROOT}:nic_mtu", c["nic_mtu"], MTU_MIN, MTU_MAX)
     backend = c["network"].get("backend")
-    if backend != "auto" and backend not in BACKENDS:
-        errors.add(None, f"{ROOT}:network:backend", f"{backend!r} is not a backend; valid: auto, "
+    if backend != "auto" and not _one_of(backend, BACKENDS):
+        errors.add(None, f"{ROOT}:network:backend", f"{_q(backend)} is not a backend; valid: auto, "
                    + ", ".join(sorted(BACKENDS)) + _suggest(backend, set(BACKENDS) | {"auto"}))
     _int(errors, None, f"{ROOT}:network:rollback_timeout", c["network"].get("rollback_timeout"),
          30, 3600)
     _bool(errors, None, f"{ROOT}:network:manage", c["network"].get("manage"))
     _bool(errors, None, f"{ROOT}:network:ipv6_autoconf", c["network"].get("ipv6_autoconf"))
-    if c["network"].get("confirm") not in CONFIRM_MODES:
-        errors.add(None, f"{ROOT}:network:confirm", f"{c['network'].get('confirm')!r} must be "
+    if not _one_of(c["network"].get("confirm"), CONFIRM_MODES):
+        errors.add(None, f"{ROOT}:network:confirm", f"{_q(c['network'].get('confirm'))} must be "
                    "auto (the node confirms itself when its management peer answers) or manual")
     chk = c["network"].get("check")
     if not isinstance(chk, dict):
         errors.add(None, f"{ROOT}:network:check", "must be a mapping (gateway: arp|icmp|none)")
     else:
         _unknown(errors, None, f"{ROOT}:network:check", chk, {"gateway"})
-        if chk.get("gateway") not in GATEWAY_CHECKS:
-            errors.add(None, f"{ROOT}:network:check:gateway", f"{chk.get('gateway')!r} must be "
+        if not _one_of(chk.get("gateway"), GATEWAY_CHECKS):
+            errors.add(None, f"{ROOT}:network:check:gateway", f"{_q(chk.get('gateway'))} must be "
                        "arp (neighbour resolution), icmp (echo) or none")
     if c.get("gateway6") is not None:
         gw6 = _addr(errors, None, f"{ROOT}:gateway6", c["gateway6"])
@@ -295,15 +341,15 @@ def _check_cluster(errors, c):
     lnet = c["network"].get("libvirt_network")
     if lnet is not None and not (isinstance(lnet, str) and _POOL_NAME.match(lnet)):
         errors.add(None, f"{ROOT}:network:libvirt_network",
-                   f"{lnet!r} is not a libvirt network name (letters, digits, _.+-) or null")
+                   f"{_q(lnet)} is not a libvirt network name (letters, digits, _.+-) or null")
     acct = c["account"]
     if acct.get("name") is not None and not (isinstance(acct["name"], str)
                                              and _USER.match(acct["name"])):
-        errors.add(None, f"{ROOT}:account:name", f"{acct['name']!r} is not a valid user name")
+        errors.add(None, f"{ROOT}:account:name", f"{_q(acct['name'])} is not a valid user name")
     _bool(errors, None, f"{ROOT}:account:create", acct.get("create"))
     for i, g in enumerate(_list(errors, None, f"{ROOT}:account:groups", acct.get("groups"))):
         if not (isinstance(g, str) and _USER.match(g)):
-            errors.add(None, f"{ROOT}:account:groups:{i}", f"{g!r} is not a valid group name")
+            errors.add(None, f"{ROOT}:account:groups:{i}", f"{_q(g)} is not a valid group name")
     for i, k in enumerate(_list(errors, None, f"{ROOT}:account:ssh_keys", acct.get("ssh_keys"))):
         if not (isinstance(k, str) and _SSH_KEY.match(k.strip())):
             errors.add(None, f"{ROOT}:account:ssh_keys:{i}",
@@ -316,21 +362,43 @@ def _check_cluster(errors, c):
         for k, v in c["sysctl"].items():
             if not _SYSCTL.match(str(k)):
                 errors.add(None, f"{ROOT}:sysctl:{k}", "is not a sysctl key (e.g. vm.swappiness)")
-            elif isinstance(v, (dict, list)):
+            elif v is not None and (isinstance(v, (dict, list, bool))
+                                    or not _SYSCTL_VALUE.match(str(v))):
                 # null is allowed: it drops a default key from management.
-                errors.add(None, f"{ROOT}:sysctl:{k}", f"value must be a scalar or null, got {v!r}")
+                errors.add(None, f"{ROOT}:sysctl:{k}", f"value must be a number or words "
+                           f"(letters, digits, spaces, .:/,+@=-) or null, got {_q(v)}")
     for k in ("hardware_virtualization", "storage_mounted"):
-        if c["preflight"].get(k) not in STRICTNESS:
+        if not _one_of(c["preflight"].get(k), STRICTNESS):
             errors.add(None, f"{ROOT}:preflight:{k}",
-                       f"{c['preflight'].get(k)!r} must be one of: fail, warn")
+                       f"{_q(c['preflight'].get(k))} must be one of: fail, warn")
     lv = c["libvirt"]
     if not (isinstance(lv.get("unix_sock_group"), str) and _USER.match(lv["unix_sock_group"])):
         errors.add(None, f"{ROOT}:libvirt:unix_sock_group",
-                   f"{lv.get('unix_sock_group')!r} is not a group name")
+                   f"{_q(lv.get('unix_sock_group'))} is not a group name")
     for k in ("unix_sock_ro_perms", "unix_sock_rw_perms"):
-        if not re.match(r"^0[0-7]{3}$", str(lv.get(k))):
-            errors.add(None, f"{ROOT}:libvirt:{k}", f"{lv.get(k)!r} must be an octal mode like '0770'"
+        if not re.match(r"^0[0-7]{3}\Z", str(lv.get(k))):
+            errors.add(None, f"{ROOT}:libvirt:{k}", f"{_q(lv.get(k))} must be an octal mode like '0770'"
                        " (quote it in YAML)")
+    _bool(errors, None, f"{ROOT}:libvirt:apparmor_pool_access", lv.get("apparmor_pool_access"))
+    _bool(errors, None, f"{ROOT}:firewall:manage", c["firewall"].get("manage"))
+    mig = c["migration"]
+    _bool(errors, None, f"{ROOT}:migration:enabled", mig.get("enabled"))
+    ports = mig.get("ports")
+    if not (isinstance(ports, list) and len(ports) == 2
+            and all(isinstance(p, int) and not isinstance(p, bool) for p in ports)
+            and 1024 <= ports[0] <= ports[1] <= 65535):
+        errors.add(None, f"{ROOT}:migration:ports", f"{_q(ports)} must be [first, last], "
+                   "1024 <= first <= last <= 65535")
+    lp = c["libvirt_python"]
+    ver = lp.get("version")
+    if ver is not None and not (isinstance(ver, str) and re.match(r"^\d+(\.\d+){0,3}\Z", ver)):
+        errors.add(None, f"{ROOT}:libvirt_python:version", f"{_q(ver)} must be a version like "
+                   "'9.0.0' (quoted) or null")
+    for k in ("index_url", "find_links"):
+        v = lp.get(k)
+        if v is not None and not (isinstance(v, str) and re.match(r"^(https?|file)://[^\s]+\Z", v)):
+            errors.add(None, f"{ROOT}:libvirt_python:{k}", f"{_q(v)} must be an http(s):// or "
+                       "file:// URL or null")
     tls = lv.get("tls") or {}
     _bool(errors, None, f"{ROOT}:libvirt:tls:enabled", tls.get("enabled"))
     for k in ("cert_file", "key_file", "ca_file"):
@@ -341,14 +409,14 @@ def _check_cluster(errors, c):
 def _check_bond(errors, node, key, bond):
     mode = bond.get("mode")
     if isinstance(mode, int) and not isinstance(mode, bool):
-        names = {v: k for k, v in BOND_MODES.items()}
+        names = {v: k for k, v in BOND_MODES.items()}  # ints are hashable
         if mode in names:
             bond["mode"] = mode = names[mode]
-    if mode not in BOND_MODES:
-        errors.add(node, f"{key}:mode", f"{mode!r} is not a bonding mode; valid: "
+    if not _one_of(mode, BOND_MODES):
+        errors.add(node, f"{key}:mode", f"{_q(mode)} is not a bonding mode; valid: "
                    + ", ".join(BOND_MODES) + _suggest(mode, set(BOND_MODES)))
     if not (isinstance(bond.get("name"), str) and _IFNAME.match(bond["name"])):
-        errors.add(node, f"{key}:name", f"{bond.get('name')!r} is not an interface name")
+        errors.add(node, f"{key}:name", f"{_q(bond.get('name'))} is not an interface name")
     miimon = _int(errors, node, f"{key}:miimon", bond.get("miimon"), 0, 10000)
     for k in ("updelay", "downdelay"):
         v = _int(errors, node, f"{key}:{k}", bond.get(k), 0, 100000)
@@ -360,16 +428,16 @@ def _check_bond(errors, node, key, bond):
     if isinstance(xhp, int) and not isinstance(xhp, bool) and 0 <= xhp < len(XMIT_HASH_POLICIES):
         bond["xmit_hash_policy"] = xhp = XMIT_HASH_POLICIES[xhp]
     if xhp is not None and xhp not in XMIT_HASH_POLICIES:
-        errors.add(node, f"{key}:xmit_hash_policy", f"{xhp!r} is not a hash policy; valid: "
+        errors.add(node, f"{key}:xmit_hash_policy", f"{_q(xhp)} is not a hash policy; valid: "
                    + ", ".join(XMIT_HASH_POLICIES) + _suggest(xhp, set(XMIT_HASH_POLICIES)))
     if bond.get("lacp_rate") not in ("slow", "fast"):
-        errors.add(node, f"{key}:lacp_rate", f"{bond.get('lacp_rate')!r} must be slow or fast")
+        errors.add(node, f"{key}:lacp_rate", f"{_q(bond.get('lacp_rate'))} must be slow or fast")
     _int(errors, node, f"{key}:mtu", bond.get("mtu"), MTU_MIN, MTU_MAX)
 
 
 def _check_bridge(errors, node, key, br):
     if not (isinstance(br.get("name"), str) and _IFNAME.match(br["name"])):
-        errors.add(node, f"{key}:name", f"{br.get('name')!r} is not an interface name")
+        errors.add(node, f"{key}:name", f"{_q(br.get('name'))} is not an interface name")
     if br.get("mtu") is not None:
         _int(errors, node, f"{key}:mtu", br["mtu"], MTU_MIN, MTU_MAX)
     _bool(errors, node, f"{key}:stp", br.get("stp"))
@@ -379,7 +447,7 @@ def _check_bridge(errors, node, key, br):
 def _check_node(errors, c, subnets, name, entry, self_id, self_os_family):
     key = f"{ROOT}:nodes:{name}"
     if not _HOSTNAME.match(name):
-        errors.add(name, key, f"node id {name!r} is not a valid host name")
+        errors.add(name, key, f"node id {_q(name)} is not a valid host name")
     if not isinstance(entry, dict):
         errors.add(name, key, "must be a mapping with at least `ip` and `nic` or `bond`")
         return {}
@@ -387,7 +455,7 @@ def _check_node(errors, c, subnets, name, entry, self_id, self_os_family):
     out = {"name": name}
     hostname = entry.get("hostname", name)
     if not (isinstance(hostname, str) and _HOSTNAME.match(hostname)):
-        errors.add(name, f"{key}:hostname", f"{hostname!r} is not a valid host name")
+        errors.add(name, f"{key}:hostname", f"{_q(hostname)} is not a valid host name")
     out["hostname"] = str(hostname)
     out["fqdn"] = f"{hostname}.{c['domain']}" if c.get("domain") else str(hostname)
 
@@ -398,11 +466,11 @@ def _check_node(errors, c, subnets, name, entry, self_id, self_os_family):
         try:
             iface = ipaddress.ip_interface(str(entry["ip"]))
             if "/" not in str(entry["ip"]):
-                errors.add(name, f"{key}:ip", f"{entry['ip']!r} needs a prefix length, e.g. "
+                errors.add(name, f"{key}:ip", f"{_q(entry['ip'])} needs a prefix length, e.g. "
                            f"{entry['ip']}/24")
                 iface = None
         except ValueError:
-            errors.add(name, f"{key}:ip", f"{entry['ip']!r} is not an address/prefix")
+            errors.add(name, f"{key}:ip", f"{_q(entry['ip'])} is not an address/prefix")
     if iface is not None:
         net = iface.network
         if subnets and net not in subnets:
@@ -426,12 +494,18 @@ def _check_node(errors, c, subnets, name, entry, self_id, self_os_family):
     _check_ip6(errors, c, name, key, entry, iface, out)
     out["ipv6_autoconf"] = c["network"].get("ipv6_autoconf", True)
     dns = entry.get("dns_servers", c.get("dns_servers"))
-    for i, d in enumerate(_list(errors, name, f"{key}:dns_servers", dns)):
+    dns = _list(errors, name, f"{key}:dns_servers" if "dns_servers" in entry
+                else f"{ROOT}:dns_servers", dns)
+    for i, d in enumerate(dns):
         if "dns_servers" in entry:
             _addr(errors, name, f"{key}:dns_servers:{i}", d)
-    out["dns_servers"] = [str(d) for d in (dns or [])]
-    out["dns_search"] = list(entry.get("dns_search", c.get("dns_search")) or
-                             ([c["domain"]] if c.get("domain") else []))
+    out["dns_servers"] = [str(d) for d in dns]
+    search_key = f"{key}:dns_search" if "dns_search" in entry else f"{ROOT}:dns_search"
+    search = _list(errors, name, search_key, entry.get("dns_search", c.get("dns_search")))
+    for i, d in enumerate(search):
+        _domain(errors, name, f"{search_key}:{i}", d)
+    out["dns_search"] = [str(d) for d in search] or (
+        [c["domain"]] if c.get("domain") and isinstance(c["domain"], str) else [])
 
     # The bridge's port: one NIC or a bond of NICs.
     has_nic, has_bond = "nic" in entry, "bond" in entry
@@ -440,7 +514,7 @@ def _check_node(errors, c, subnets, name, entry, self_id, self_os_family):
     if has_nic:
         nic = entry["nic"]
         if not (isinstance(nic, str) and _IFNAME.match(nic)):
-            errors.add(name, f"{key}:nic", f"{nic!r} is not an interface name")
+            errors.add(name, f"{key}:nic", f"{_q(nic)} is not an interface name")
         mtu = entry.get("mtu", c["nic_mtu"])
         _int(errors, name, f"{key}:mtu", mtu, MTU_MIN, MTU_MAX)
         out["port"] = {"kind": "nic", "name": nic, "slaves": [], "mtu": mtu}
@@ -458,19 +532,20 @@ def _check_node(errors, c, subnets, name, entry, self_id, self_os_family):
         seen = set()
         for i, s in enumerate(slaves):
             if not (isinstance(s, str) and _IFNAME.match(s)):
-                errors.add(name, f"{key}:bond:slaves:{i}", f"{s!r} is not an interface name")
+                errors.add(name, f"{key}:bond:slaves:{i}", f"{_q(s)} is not an interface name")
             elif s in seen:
                 errors.add(name, f"{key}:bond:slaves:{i}", f"NIC {s} is used twice")
             elif s == bond.get("name"):
                 errors.add(name, f"{key}:bond:slaves:{i}", f"{s} is the bond itself")
-            seen.add(s)
-        if bond.get("mode") not in HASHING_MODES and "xmit_hash_policy" in b_in:
+            if isinstance(s, str):
+                seen.add(s)
+        if not _one_of(bond.get("mode"), HASHING_MODES) and "xmit_hash_policy" in b_in:
             errors.add(name, f"{key}:bond:xmit_hash_policy",
                        f"only applies to modes {', '.join(sorted(HASHING_MODES))}")
         out["port"] = {"kind": "bond", **{k: v for k, v in bond.items()}, "slaves": slaves}
     if "mac" in entry:
         if not (isinstance(entry["mac"], str) and _MAC.match(entry["mac"])):
-            errors.add(name, f"{key}:mac", f"{entry['mac']!r} is not a MAC address")
+            errors.add(name, f"{key}:mac", f"{_q(entry['mac'])} is not a MAC address")
         elif int(entry["mac"].split(":")[0], 16) & 1:
             errors.add(name, f"{key}:mac", f"{entry['mac']} is a multicast address")
         out["mac"] = str(entry["mac"]).lower()
@@ -498,13 +573,13 @@ def _check_node(errors, c, subnets, name, entry, self_id, self_os_family):
     out["bridge"] = bridge
 
     backend = entry.get("backend", c["network"]["backend"])
-    if backend != "auto" and backend not in BACKENDS:
-        errors.add(name, f"{key}:backend", f"{backend!r} is not a backend; valid: auto, "
+    if backend != "auto" and not _one_of(backend, BACKENDS):
+        errors.add(name, f"{key}:backend", f"{_q(backend)} is not a backend; valid: auto, "
                    + ", ".join(sorted(BACKENDS)) + _suggest(backend, set(BACKENDS) | {"auto"}))
     family = entry.get("os_family") or (self_os_family if name == self_id else None)
-    if family is not None and family not in ("Debian", "RedHat"):
-        errors.add(name, f"{key}:os_family", f"{family!r} is not supported (Debian, RedHat)")
-    elif family and backend in BACKENDS and family not in BACKENDS[backend]:
+    if family is not None and not _one_of(family, ("Debian", "RedHat")):
+        errors.add(name, f"{key}:os_family", f"{_q(family)} is not supported (Debian, RedHat)")
+    elif family and _one_of(backend, BACKENDS) and family not in BACKENDS[backend]:
         errors.add(name, f"{key}:backend" if "backend" in entry else f"{ROOT}:network:backend",
                    f"backend {backend} does not exist on {family}; valid there: "
                    + ", ".join(sorted(b for b, f in BACKENDS.items() if family in f)))
@@ -512,8 +587,8 @@ def _check_node(errors, c, subnets, name, entry, self_id, self_os_family):
     out["os_family"] = family
     roles = _list(errors, name, f"{key}:roles", entry.get("roles"))
     for i, r in enumerate(roles):
-        if r not in ROLES:
-            errors.add(name, f"{key}:roles:{i}", f"{r!r} is not a role; valid: "
+        if not _one_of(r, ROLES):
+            errors.add(name, f"{key}:roles:{i}", f"{_q(r)} is not a role; valid: "
                        + ", ".join(sorted(ROLES)) + _suggest(r, ROLES))
     out["roles"] = list(roles)
     return out
@@ -534,7 +609,7 @@ def _check_ip6(errors, c, name, key, entry, iface, out):
         if if6.version != 6:
             raise ValueError
     except ValueError:
-        errors.add(name, f"{key}:ip6", f"{str(raw)[:80]!r} is not an IPv6 address/prefix, "
+        errors.add(name, f"{key}:ip6", f"{_q(str(raw)[:80])} is not an IPv6 address/prefix, "
                    "e.g. fd00:30:10::41/64")
         return
     if iface is not None and iface.version == 6:
@@ -594,10 +669,10 @@ def _check_storage(errors, c, nodes):
     k = f"{ROOT}:storage"
     pri_ok = _path_ok(errors, None, f"{k}:primary:path", pri.get("path"))
     if not (isinstance(pri.get("name"), str) and _POOL_NAME.match(pri["name"])):
-        errors.add(None, f"{k}:primary:name", f"{pri.get('name')!r} is not a libvirt pool name")
+        errors.add(None, f"{k}:primary:name", f"{_q(pri.get('name'))} is not a libvirt pool name")
     mf = pri.get("min_free_gb")
     if isinstance(mf, bool) or not isinstance(mf, (int, float)) or mf < 0:
-        errors.add(None, f"{k}:primary:min_free_gb", f"{mf!r} must be a number >= 0")
+        errors.add(None, f"{k}:primary:min_free_gb", f"{_q(mf)} must be a number >= 0")
     _bool(errors, None, f"{k}:secondary:enabled", sec.get("enabled"))
     if sec.get("enabled") is not True:
         return
@@ -605,7 +680,7 @@ def _check_storage(errors, c, nodes):
     named = sec.get("server")
     if named is not None:
         if str(named) not in nodes:
-            errors.add(None, f"{k}:secondary:server", f"{named!r} is not a node of "
+            errors.add(None, f"{k}:secondary:server", f"{_q(named)} is not a node of "
                        f"{ROOT}:nodes{_suggest(named, set(nodes))}")
         elif servers and servers != [str(named)]:
             errors.add(None, f"{k}:secondary:server", f"{named} is named, but nodes "
@@ -630,18 +705,22 @@ def _check_storage(errors, c, nodes):
                    f"pool path {pri['path']} are nested; they must be separate trees")
     pool = sec.get("pool") or {}
     if not (isinstance(pool.get("name"), str) and _POOL_NAME.match(pool["name"])):
-        errors.add(None, f"{k}:secondary:pool:name", f"{pool.get('name')!r} is not a pool name")
+        errors.add(None, f"{k}:secondary:pool:name", f"{_q(pool.get('name'))} is not a pool name")
     elif pool["name"] == pri.get("name"):
         errors.add(None, f"{k}:secondary:pool:name", f"{pool['name']} is also the primary pool's name")
-    if pool.get("type") not in POOL_TYPES:
-        errors.add(None, f"{k}:secondary:pool:type", f"{pool.get('type')!r} must be netfs or dir")
+    if not _one_of(pool.get("type"), POOL_TYPES):
+        errors.add(None, f"{k}:secondary:pool:type", f"{_q(pool.get('type'))} must be netfs or dir")
     opts = _list(errors, None, f"{k}:secondary:mount_options", sec.get("mount_options"))
+    for i, o in enumerate(opts):
+        if not (isinstance(o, str) and re.match(r"^[A-Za-z0-9_.=:/-]+\Z", o)):
+            errors.add(None, f"{k}:secondary:mount_options:{i}", f"{_q(o)}: one option per "
+                       "list item (letters, digits, _.=:/-)")
     if "hard" in opts and "soft" in opts:
         errors.add(None, f"{k}:secondary:mount_options", "has both hard and soft")
     eopts = _list(errors, None, f"{k}:secondary:export_options", sec.get("export_options"))
     for o in eopts:
-        if not isinstance(o, str) or " " in o or "," in o:
-            errors.add(None, f"{k}:secondary:export_options", f"{o!r}: one option per list item")
+        if not (isinstance(o, str) and re.match(r"^[A-Za-z0-9_.=:/-]+\Z", o)):
+            errors.add(None, f"{k}:secondary:export_options", f"{_q(o)}: one option per list item")
     for i, cl in enumerate(_list(errors, None, f"{k}:secondary:clients", sec.get("clients"))):
         if str(cl).strip() in ("*", "0.0.0.0/0", "::/0"):
             errors.add(None, f"{k}:secondary:clients:{i}", "exporting to everyone is refused; "
@@ -650,7 +729,7 @@ def _check_storage(errors, c, nodes):
         try:
             ipaddress.ip_network(str(cl), strict=False)
         except ValueError:
-            errors.add(None, f"{k}:secondary:clients:{i}", f"{cl!r} is not an address or network")
+            errors.add(None, f"{k}:secondary:clients:{i}", f"{_q(cl)} is not an address or network")
     _int(errors, None, f"{k}:secondary:wait_timeout", sec.get("wait_timeout"), 5, 3600)
     if not sec.get("clients"):
         sec["clients"] = sorted((n["ip"] for n in nodes.values() if n.get("ip")),
@@ -668,7 +747,7 @@ def node_view(model, node_id):
     """The model as one node sees it: cluster settings plus `self` (its own entry)."""
     if node_id not in model["nodes"]:
         raise CommandExecutionError(
-            f"node {node_id!r} is not in pillar {ROOT}:nodes "
+            f"node {_q(node_id)} is not in pillar {ROOT}:nodes "
             f"(nodes: {', '.join(sorted(model['nodes']))}); add it there or fix its minion id")
     view = dict(model)
     view["self"] = model["nodes"][node_id]
@@ -689,6 +768,18 @@ def _defaults(parameters=None):
     return parameters["cluster"]
 
 
+def render_errors(pillar):
+    """
+    The pillar's own render errors (Salt's ``_errors``), as messages. A pillar file that did
+    not render leaves keys out, so they come first: the model's errors would mislead.
+    """
+    errs = pillar.get("_errors") if isinstance(pillar, dict) else None
+    if not errs:
+        return []
+    errs = errs if isinstance(errs, list) else [errs]
+    return [f"[cluster] pillar: did not render, fix it first: {_q(str(e), 400)}" for e in errs]
+
+
 def validate(parameters=None, pillar=None):
     """
     Validate the whole cluster model and return every error at once, without touching any
@@ -700,6 +791,11 @@ def validate(parameters=None, pillar=None):
 
         salt-call --local kvmcluster_model.validate
     """
+    if pillar is None:
+        render = render_errors(__pillar__)
+        if render:
+            __context__["retcode"] = 1
+            return {"valid": False, "errors": render, "nodes": []}
     data = __pillar__.get(ROOT, {}) if pillar is None else pillar
     model, errors = build(data, _defaults(parameters))
     if errors:
@@ -720,6 +816,9 @@ def load(parameters, minion_id=None):
         salt-call kvmcluster_model.load '{"cluster": {...}}'
     """
     minion_id = minion_id or __grains__["id"]
+    render = render_errors(__pillar__)
+    if render:
+        raise CommandExecutionError("\n".join(render))
     model, errors = build(__pillar__.get(ROOT, {}), _defaults(parameters), minion_id,
                           __grains__.get("os_family"))
     if errors:

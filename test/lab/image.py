@@ -18,7 +18,7 @@ from .run import out, run, say
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 
 # What every node boots with: a plain Debian server (ifupdown, sshd, python3 for salt-ssh)
 # plus a kernel for VM nodes and systemd-nspawn for container nodes.
@@ -33,11 +33,27 @@ REPO_PACKAGES = [
     "qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients",
     "python3-libvirt", "virtinst", "ovmf", "nfs-kernel-server", "nfs-common", "bridge-utils",
     "ifenslave", "network-manager", "netplan.io", "dnsmasq-base", "busybox-static",
+    # Firewall and MAC policy as on real hosts; the management node's DNS/DHCP and sudo.
+    "firewalld", "apparmor", "dnsmasq", "sudo",
+    # Building libvirt-python into a minion's own Python (onedir-style minions).
+    "gcc", "pkg-config", "libvirt-dev", "python3-dev",
 ]
+
+# What VM nodes boot with already installed (at native speed, when the disk is made):
+# under TCG an install takes half an hour. Container nodes keep proving the install.
+VM_PREINSTALLED = [
+    "qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients",
+    "python3-libvirt", "virtinst", "ovmf", "nfs-kernel-server", "nfs-common", "bridge-utils",
+    "ifenslave", "firewalld", "apparmor",
+]
+
+# Python packages the lab serves (pip --find-links) for minions with their own Python.
+PYTHON_SDISTS = ["libvirt-python==9.0.0", "setuptools", "wheel"]
 
 
 def recipe_key():
-    blob = json.dumps([RECIPE_VERSION, SUITE, BASE_PACKAGES, REPO_PACKAGES], sort_keys=True)
+    blob = json.dumps([RECIPE_VERSION, SUITE, BASE_PACKAGES, REPO_PACKAGES, PYTHON_SDISTS],
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -116,10 +132,20 @@ def build(force=False):
     for deb in archives.glob("*.deb"):
         shutil.move(str(deb), repo / deb.name)
     _index_repo(repo)
+    _python_packages(repo / "python")
     _configure(root, key)
     (work / "done.json").write_text(json.dumps({"key": recipe_key(), "repo_debs": len(list(repo.glob("*.deb")))}))
     say(f"image ready: {len(list(repo.glob('*.deb')))} packages in the lab repository")
     return work
+
+
+def _python_packages(dest):
+    """Sources and wheels from PyPI, served to the nodes as a --find-links directory."""
+    dest.mkdir(parents=True, exist_ok=True)
+    pip = [str(paths.REPO_ROOT / ".venv/bin/python"), "-m", "pip", "download", "-q",
+           "--no-deps", "-d", str(dest)]
+    run(pip + ["--no-binary", ":all:", PYTHON_SDISTS[0]])
+    run(pip + ["--only-binary", ":all:", *PYTHON_SDISTS[1:]])
 
 
 def _index_repo(repo):
@@ -157,6 +183,36 @@ def _configure(root, key):
             link.symlink_to("/dev/null")
     (root / "etc/fstab").write_text("# per node\n")
     lab_files(root)
+
+
+def vm_tree(dest):
+    """A copy of the rootfs with VM_PREINSTALLED installed from the lab repository."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    run(["cp", "-a", rootfs(), dest])
+    mnt = dest / "mnt/lab-repo"
+    mnt.mkdir(parents=True, exist_ok=True)
+    sources = dest / "etc/apt/sources.list"
+    served = sources.read_text()
+    sources.write_text("deb [trusted=yes] file:/mnt/lab-repo ./\n")
+    # Nothing starts inside the chroot; units are enabled and start when the VM boots.
+    policy = dest / "usr/sbin/policy-rc.d"
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    os.chmod(policy, 0o755)
+    run(["mount", "--bind", "-o", "ro", repo_dir(), mnt])
+    try:
+        with _chroot_mounts(dest):
+            _chroot(dest, "apt-get", "update", "-qq")
+            _chroot(dest, "apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                    *VM_PREINSTALLED)
+            _chroot(dest, "apt-get", "clean")
+    finally:
+        run(["umount", "-l", mnt], check=False)
+    policy.unlink()
+    sources.write_text(served)
+    run(["rm", "-rf", str(dest / "var/lib/apt/lists")])
+    (dest / "var/lib/apt/lists/partial").mkdir(parents=True)
+    return dest
 
 
 FIRSTBOOT_UNIT = """[Unit]

@@ -3,6 +3,8 @@
 Container nodes are systemd-nspawn machines over an overlay of the image; VM nodes are
 qemu (TCG) machines with their own Debian kernel, booting a copy-on-write disk of it.
 """
+import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -92,12 +94,18 @@ def container_env():
 
 def base_disk():
     """A raw ext4 image of the rootfs, made once per image."""
-    disk = image.image_dir() / f"vm-root-{image.lab_files_key()}.img"
+    key = hashlib.sha256(json.dumps([image.lab_files_key(), image.VM_PREINSTALLED])
+                         .encode()).hexdigest()[:8]
+    disk = image.image_dir() / f"vm-root-{key}.img"
     if not disk.exists():
         for old in image.image_dir().glob("vm-root*.img"):
             old.unlink()
+        tree = image.vm_tree(image.image_dir() / "vm-rootfs")
         tmp = disk.with_suffix(".tmp")
-        run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", image.rootfs(), tmp, "8G"])
+        try:
+            run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", tree, tmp, "8G"])
+        finally:
+            shutil.rmtree(tree, ignore_errors=True)
         tmp.rename(disk)
     return disk
 
