@@ -115,7 +115,8 @@ def wanted(view):
             rules += [rule(client, service=s) for s in NFS_SERVICES]
     peers = []
     for name, node in sorted(view["nodes"].items()):
-        if name != me and "hypervisor" in node.get("roles", ["hypervisor"]):
+        # Every node but a management-only one runs guests.
+        if name != me and node.get("roles") != ["management"]:
             peers += [a for a in (node.get("ip"), node.get("ip6")) if a]
     if view["libvirt"]["tls"]["enabled"]:
         rules += [rule(p, service=TLS_SERVICE) for p in peers]

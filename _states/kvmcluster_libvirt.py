@@ -8,7 +8,9 @@ States for the libvirt daemon of a kvmcluster node.
 - ``running``: the daemon and its sockets enabled and active.
 - ``restarted``: one restart, sockets included, for ``onchanges`` of the config.
 """
+import importlib
 import os
+import sys
 
 __virtualname__ = "kvmcluster_libvirt"
 
@@ -24,7 +26,7 @@ def _tls(view):
     return bool(tls["enabled"]), files, missing
 
 
-def desired_settings(view):
+def _desired_settings(view):
     """libvirtd.conf keys the model asks for."""
     lv = view["libvirt"]
     tls_on, files, _ = _tls(view)
@@ -70,7 +72,7 @@ def config_managed(name, path, rw_sockets=(), ro_sockets=(), env_file=None, env=
             ret.update(result=False, comment="libvirt:tls:enabled is true but these files do "
                        f"not exist: {', '.join(missing)}; TLS stays off until they do")
             return ret
-        settings = desired_settings(view)
+        settings = _desired_settings(view)
         changes = {}
         diff = __salt__["kvmcluster_libvirt.conf_diff"](path, settings)
         if diff:
@@ -269,3 +271,100 @@ def restarted(name, service, sockets=()):
                comment=f"not active after restart: {down}" if down else
                f"restarted {', '.join(units)}")
     return ret
+
+
+def _binding_importable():
+    """Whether the minion's own Python imports libvirt (a child of it: no stale caches)."""
+    res = __salt__["cmd.run_all"]([sys.executable, "-c", "import libvirt"], python_shell=False,
+                                  ignore_retcode=True, env={"PYTHONPATH": ":".join(sys.path)})
+    return res["retcode"] == 0
+
+
+def _pip_argv():
+    """How to pip-install into the minion's own Python, or None where that must not be done."""
+    for cand in (os.path.join(sys.prefix, "salt-pip"), "/usr/bin/salt-pip"):
+        if os.access(cand, os.X_OK) and "saltstack" in os.path.realpath(sys.executable):
+            return [cand, "install"]  # onedir: its extras directory
+    if sys.prefix != sys.base_prefix:
+        return [sys.executable, "-m", "pip", "install"]  # a virtualenv of its own
+    return None  # the system's Python: python3-libvirt from the OS packages is its binding
+
+
+def _upstream(version):
+    """'1:9.0.0-4+deb12u2' -> '9.0.0'."""
+    return (version or "").split(":")[-1].split("-")[0].split("+")[0] or None
+
+
+def python_binding(name, build_pkgs=(), libvirt_pkg="libvirt0"):
+    """
+    The libvirt Python binding is importable by the Python the minion runs on. Onedir
+    minions (and minions in a virtualenv) cannot import the distribution's python3-libvirt:
+    there the binding is built with pip, after the OS family's build packages, at the
+    version of the node's libvirt unless ``libvirt_python:version`` says otherwise, from
+    ``libvirt_python:index_url`` / ``find_links`` when set (offline sites).
+
+    name
+        Any; reported back.
+    build_pkgs
+        map.jinja ``pkgs:libvirt_python_build``.
+    libvirt_pkg
+        The package of the libvirt library, whose version the binding follows.
+    """
+    st = __utils__["kvmcluster_state.converge"]
+    test = __opts__["test"]
+    if _binding_importable():
+        return __utils__["kvmcluster_state.ret"](
+            name, comment=f"libvirt binding importable by {sys.executable}")
+    pip = _pip_argv()
+    if pip is None:
+        return __utils__["kvmcluster_state.ret"](
+            name, None if test else False,
+            f"{sys.executable} is the system's Python and cannot import libvirt: install "
+            f"the OS package python3-libvirt (kvmcluster installs it with the KVM packages)")
+    cfg = __salt__["kvmcluster_model.current"]()["libvirt_python"]
+
+    def version():
+        if cfg.get("version"):
+            return str(cfg["version"])
+        have = __salt__["pkg.version"](libvirt_pkg)
+        if not have and test:
+            have = __salt__["pkg.latest_version"](libvirt_pkg, refresh=True)
+        found = _upstream(have)
+        if not found:
+            raise __utils__["kvmcluster_state.Refused"](
+                f"cannot tell the version of {libvirt_pkg}; set libvirt_python:version")
+        return found
+
+    def diff():
+        changes = {}
+        pkgs = __utils__["kvmcluster_state.packages_diff"](__salt__, list(build_pkgs), test)
+        if pkgs:
+            changes["packages"] = pkgs
+        changes["libvirt-python"] = {"old": None, "new": version()}
+        return changes
+
+    def apply(changes):
+        if "packages" in changes:
+            __utils__["kvmcluster_state.packages_install"](__salt__, changes["packages"])
+        argv = pip + ["--no-cache-dir", f"libvirt-python=={changes['libvirt-python']['new']}"]
+        if cfg.get("index_url"):
+            argv += ["--index-url", cfg["index_url"]]
+        if cfg.get("find_links"):
+            argv += ["--find-links", cfg["find_links"]]
+            if not cfg.get("index_url"):
+                argv.append("--no-index")
+        res = __salt__["cmd.run_all"](argv, python_shell=False, ignore_retcode=True,
+                                      timeout=1800)
+        if res["retcode"] != 0:
+            raise __utils__["kvmcluster_state.Refused"](
+                f"{' '.join(argv)} failed: {(res['stderr'] or res['stdout'])[-1500:]}")
+        importlib.invalidate_caches()
+
+    def verify():
+        return [] if _binding_importable() else [f"{sys.executable} still cannot import libvirt"]
+
+    return st(name, test, diff, apply, verify, planned=lambda c: (
+        f"libvirt-python {c['libvirt-python']['new']} would be built into {sys.executable}'s "
+        "environment"), done=lambda c: (
+        f"libvirt-python {c['libvirt-python']['new']} built into {sys.executable}'s "
+        "environment"))

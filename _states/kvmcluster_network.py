@@ -22,14 +22,6 @@ def _ret(name):
     return {"name": name, "changes": {}, "result": True, "comment": ""}
 
 
-def _missing_pkgs(backend, plan, packages):
-    want = list(packages.get(backend, []))
-    if plan["port"]["kind"] == "bond":
-        want += packages.get(f"{backend}_bond", [])
-    have = __salt__["pkg.list_pkgs"]()
-    return [p for p in want if p not in have]
-
-
 def _effect_lines(ev):
     eff = ev["effect"]
     out = []
@@ -92,18 +84,21 @@ def bridged(name, packages=None, backend=None):
         ret["result"] = False
         ret["comment"] = str(exc)
         return ret
-    missing_pkgs = _missing_pkgs(backend, plan, packages)
+    want = list(packages.get(backend, []))
+    if plan["port"]["kind"] == "bond":
+        want += packages.get(f"{backend}_bond", [])
     changes = {}
-    if missing_pkgs:
-        # The same key both ways: the packages asked for (dependencies are the tool's).
-        changes["packages"] = {"old": [], "new": sorted(missing_pkgs)}
-        if not __opts__["test"]:
-            __salt__["pkg.install"](pkgs=missing_pkgs)
-            still = _missing_pkgs(backend, plan, packages)
-            if still:
-                ret["result"] = False
-                ret["comment"] = f"could not install {', '.join(still)} for backend {backend}"
-                return ret
+    try:
+        # The same entries both ways: the packages asked for (dependencies are the tool's).
+        pkgs = __utils__["kvmcluster_state.packages_diff"](__salt__, want, __opts__["test"])
+        if pkgs:
+            changes["packages"] = pkgs
+            if not __opts__["test"]:
+                __utils__["kvmcluster_state.packages_install"](__salt__, pkgs)
+    except Exception as exc:  # pylint: disable=broad-except
+        ret["result"] = False
+        ret["comment"] = f"packages for backend {backend}: {exc}"
+        return ret
     try:
         ev = __salt__["kvmcluster_network.evaluate"](me, backend, rollback_after, settings)
     except Exception as exc:  # pylint: disable=broad-except

@@ -53,29 +53,12 @@ def packages(name, server_pkgs, client_pkgs):
         return _off(ret)
     is_server = view["self"]["name"] == server["name"]
     want = list(dict.fromkeys([*(server_pkgs if is_server else []), *client_pkgs]))
-    have = __salt__["pkg.version"](*want)
-    if isinstance(have, str):
-        have = {want[0]: have}
-    missing = [p for p in want if not have.get(p)]
-    if not missing:
-        ret["comment"] = f"installed: {', '.join(want)}"
-        return ret
-    changes = {p: {"old": "", "new": "installed"} for p in missing}
-    if __opts__["test"]:
-        ret.update(result=None, changes=changes, comment=f"would install {', '.join(missing)}")
-        return ret
-    try:
-        __salt__["pkg.install"](pkgs=missing)
-    except Exception as exc:  # pylint: disable=broad-except
-        ret.update(result=False, comment=f"installing {', '.join(missing)} failed: {exc}")
-        return ret
-    have = __salt__["pkg.version"](*missing)
-    if isinstance(have, str):
-        have = {missing[0]: have}
-    left = [p for p in missing if not have.get(p)]
-    ret.update(changes=changes, result=not left,
-               comment=f"still missing: {left}" if left else f"installed {', '.join(missing)}")
-    return ret
+    test = __opts__["test"]
+    return __utils__["kvmcluster_state.converge"](
+        name, test, lambda: __utils__["kvmcluster_state.packages_diff"](__salt__, want, test),
+        lambda changes: __utils__["kvmcluster_state.packages_install"](__salt__, changes),
+        ok=f"installed: {', '.join(want)}", planned=lambda c: f"would install {', '.join(c)}",
+        done=lambda c: f"installed {', '.join(c)}")
 
 
 def exported(name, exports_file, service):
@@ -215,6 +198,7 @@ def mounted(name, fstab="/etc/fstab"):
     if __opts__["test"]:
         ret.update(result=None, changes=changes, comment=f"{want_source} would be mounted at {mp}")
         return ret
+    note = ""
     try:
         if new_fstab != cur_fstab:
             __salt__["kvmcluster_node.write_file"](fstab, new_fstab)
@@ -226,7 +210,8 @@ def mounted(name, fstab="/etc/fstab"):
                 waited = __salt__["kvmcluster_nfs.wait_and_mount"](
                     server["name"], server["ip"], sec["export_path"], mp,
                     sec["mount_options"], sec["wait_timeout"])
-                changes["mounted"]["waited_s"] = waited
+                # In the comment, not in changes: test=True cannot know it.
+                note = f"; waited {waited} s for {server['name']}" if waited else ""
         live = __salt__["kvmcluster_nfs.mount_of"](mp)
     except Exception as exc:  # pylint: disable=broad-except
         ret.update(result=False, changes={k: v for k, v in changes.items() if k != "mounted"},
@@ -235,5 +220,5 @@ def mounted(name, fstab="/etc/fstab"):
     if live is None:
         ret.update(result=False, changes=changes, comment=f"{mp} is not mounted after mounting")
         return ret
-    ret.update(changes=changes, comment=f"{want_source} mounted at {mp}")
+    ret.update(changes=changes, comment=f"{want_source} mounted at {mp}{note}")
     return ret

@@ -39,7 +39,7 @@ def _existing_ancestor(path):
     return path
 
 
-def checks(view):
+def _checks(view):
     """(failures, warnings, facts) for this node against the model's view."""
     fails, warns, facts = [], [], {}
     pf = view["preflight"]
@@ -97,7 +97,33 @@ def checks(view):
                                                         else "nic")
             fails.append(f"{key}: {', '.join(missing)} not found on this node (interfaces "
                          f"here: {', '.join(sorted(present - {'lo'}))})")
+    other = _other_firewall(view)
+    if other:
+        warns.append(other)
     return fails, warns, facts
+
+
+# What each firewalld service of the formula opens, for sites with another firewall.
+PORTS = {"nfs": "2049/tcp", "rpc-bind": "111/tcp+udp", "mountd": "20048/tcp+udp",
+         "libvirt-tls": "16514/tcp"}
+
+
+def _other_firewall(view):
+    """A warning naming the ports when ufw or nftables (not firewalld) guard this node."""
+    if not view["firewall"]["manage"] or __salt__["kvmcluster_firewall.running"]():
+        return None
+    active = [u for u in ("ufw.service", "nftables.service")
+              if __salt__["kvmcluster_node.unit_state"](u).get("active")]
+    if not active:
+        return None
+    rules = __salt__["kvmcluster_firewall.wanted"](view)
+    if not rules:
+        return None
+    opens = sorted({(PORTS.get(r.split('name="')[1].split('"')[0]) if 'service name="' in r
+                     else r.split('port="')[1].split('"')[0] + "/tcp")
+                    + " from " + r.split('address="')[1].split('"')[0] for r in rules})
+    return (f"{', '.join(active)} runs, not firewalld: kvmcluster manages firewalld only; open "
+            f"these yourself: {'; '.join(opens)}")
 
 
 def checked(name):
@@ -112,7 +138,7 @@ def checked(name):
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
     try:
         view = __salt__["kvmcluster_model.current"]()
-        fails, warns, facts = checks(view)
+        fails, warns, facts = _checks(view)
     except Exception as exc:  # pylint: disable=broad-except
         ret.update(result=False, comment=f"preflight could not run: {exc}")
         return ret

@@ -25,13 +25,20 @@ def _live(key):
         return None
 
 
-def render(settings):
+def _render(settings):
     """The drop-in's text for ``settings`` (keys sorted; null values are not managed)."""
     lines = ["# Managed by kvmcluster (pillar kvmcluster:sysctl). Local edits are replaced."]
     for key in sorted(settings):
         if settings[key] is not None:
             lines.append(f"{key} = {settings[key]}")
     return "\n".join(lines) + "\n"
+
+
+def _module_available(module):
+    """Whether modprobe finds ``module`` (dry run: nothing is loaded)."""
+    res = __salt__["cmd.run_all"](["modprobe", "-n", module], python_shell=False,
+                                  ignore_retcode=True)
+    return res["retcode"] == 0
 
 
 def _br_netfilter_ready():
@@ -53,7 +60,7 @@ def dropin_managed(name, path):
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
     settings = {k: v for k, v in __salt__["kvmcluster_model.current"]()["sysctl"].items()
                 if v is not None}
-    text = render(settings)
+    text = _render(settings)
     changes = {}
     cur_text = __salt__["kvmcluster_node.file_text"](path)
     if cur_text != text:
@@ -78,7 +85,8 @@ def dropin_managed(name, path):
         if cur != want:
             live_diff[key] = {"old": cur, "new": want}
     need_module = bridge_keys and not _br_netfilter_ready()
-    if need_module:
+    if need_module and _module_available("br_netfilter"):
+        # Predicted only where it can be loaded: the real run reports it the same way.
         live_diff["br_netfilter"] = {"old": "not loaded", "new": "loaded"}
     changes.update({f"live:{k}": v for k, v in live_diff.items()})
     if not changes:
@@ -91,13 +99,16 @@ def dropin_managed(name, path):
         __salt__["kvmcluster_node.write_file"](path, text)
     if MODULES_LOAD in changes:
         __salt__["kvmcluster_node.write_file"](MODULES_LOAD, changes[MODULES_LOAD]["new"])
-    if need_module:
+    if "live:br_netfilter" in changes:
         res = __salt__["cmd.run_all"](["modprobe", "br_netfilter"], python_shell=False,
                                       ignore_retcode=True)
         if res["retcode"] != 0 or not _br_netfilter_ready():
-            changes.pop("live:br_netfilter", None)
-            notes.append("br_netfilter cannot be loaded on this kernel: net.bridge.* keys are "
-                         "moot here (bridged traffic bypasses the host firewall)")
+            ret.update(result=False, changes=changes, comment="br_netfilter was found but "
+                       f"does not load: {res['stderr'].strip()}")
+            return ret
+    elif need_module:
+        notes.append("br_netfilter cannot be loaded on this kernel: net.bridge.* keys are "
+                     "moot here (bridged traffic bypasses the host firewall)")
     failed = []
     for key, value in settings.items():
         if _live(key) is None and key.startswith("net.bridge."):

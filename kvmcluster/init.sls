@@ -4,6 +4,7 @@ include:
   - .model
   - .prereqs
   - .libvirt
+  - .firewall
   - .storage
   - .nfs
   - .network

@@ -41,3 +41,9 @@ def cluster_defaults():
 @pytest.fixture
 def seed_pillar():
     return copy.deepcopy(SEED_PILLAR["kvmcluster"])
+
+
+def utils_dunder():
+    """``__utils__`` for a state module loaded as plain Python: the repository's _utils."""
+    mod = load_module("_utils", "kvmcluster_state")
+    return {f"kvmcluster_state.{n}": getattr(mod, n) for n in dir(mod) if not n.startswith("_")}

@@ -8,4 +8,4 @@ kvmcluster-libvirt-account-present:
   kvmcluster_account.present:
     - require:
       # The libvirt and kvm groups come with the packages.
-      - pkg: kvmcluster-prereqs-pkgs-installed
+      - kvmcluster_packages: kvmcluster-prereqs-pkgs-installed

@@ -15,7 +15,7 @@ kvmcluster-libvirt-config-managed:
     - env_file: {{ lv.env_file }}
     - env: {{ lv.env | json }}
     - require:
-      - pkg: kvmcluster-prereqs-pkgs-installed
+      - kvmcluster_packages: kvmcluster-prereqs-pkgs-installed
 
 kvmcluster-libvirt-sockets-managed:
   kvmcluster_libvirt.sockets_managed:

@@ -14,6 +14,7 @@ kvmcluster-libvirt-service-running:
     - started_by_package: {{ lv.started_by_package | json }}
     - require:
       - kvmcluster_libvirt: kvmcluster-libvirt-sockets-managed
+      - kvmcluster_libvirt: kvmcluster-prereqs-libvirt-python-present
 
 kvmcluster-libvirt-service-restarted:
   kvmcluster_libvirt.restarted:

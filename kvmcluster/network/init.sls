@@ -6,6 +6,7 @@
 {%- from tplroot ~ "/map.jinja" import mapdata with context %}
 include:
   - {{ tplroot }}.model
+  - {{ tplroot }}.prereqs
   - {{ tplroot }}.libvirt
 
 # Installed once, before any transaction: a node that restarts while a change is
@@ -14,7 +15,7 @@ kvmcluster-network-bootguard-installed:
   kvmcluster_network.boot_guard:
     - name: boot-guard
     - require:
-      - kvmcluster_model: kvmcluster-model-validated
+      - kvmcluster_preflight: kvmcluster-prereqs-preflight-checked
 
 kvmcluster-network-bridge-managed:
   kvmcluster_network.bridged:

@@ -11,6 +11,7 @@
 include:
   - {{ tplroot }}.prereqs
   - {{ tplroot }}.libvirt.service
+  - {{ tplroot }}.firewall
 
 kvmcluster-nfs-packages-installed:
   kvmcluster_nfs.packages:
@@ -25,6 +26,8 @@ kvmcluster-nfs-export-managed:
     - service: {{ mapdata.services.nfs_server }}
     - require:
       - kvmcluster_nfs: kvmcluster-nfs-packages-installed
+      # Clients reach the export only through the server's firewall.
+      - kvmcluster_firewall: kvmcluster-firewall-rules-managed
 
 kvmcluster-nfs-secondary-mounted:
   kvmcluster_nfs.mounted:

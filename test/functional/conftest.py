@@ -14,6 +14,7 @@ def minion_opts(tmp_path_factory):
     opts.update(
         file_client="local", cachedir=str(root / "cache"), pki_dir=str(root / "pki"),
         module_dirs=[str(REPO / "_modules")], states_dirs=[str(REPO / "_states")],
+        utils_dirs=[str(REPO / "_utils")],
         id="kvm02", test=False,
     )
     opts["grains"] = salt.loader.grains(opts)

@@ -5,9 +5,11 @@ import copy
 
 import pytest
 
-from kvmtestlib import load_module
+from kvmtestlib import load_module, utils_dunder
 
 state = load_module("_states", "kvmcluster_network")
+UTILS = utils_dunder()
+state.__utils__ = UTILS
 
 ME = {"name": "kvm01", "backend": "ifupdown", "address": "172.30.10.41/24"}
 VIEW = {"self": ME, "network": {"manage": True, "rollback_timeout": 90, "confirm": "auto",
@@ -42,6 +44,10 @@ class Node:
         self.have.update(pkgs)
         return {p: {"old": "", "new": "1"} for p in [*pkgs, "a-dependency"]}
 
+    def version(self, *names):
+        got = {n: "1" if n in self.have else "" for n in names}
+        return got[names[0]] if len(names) == 1 else got
+
     def salt(self):
         return {
             "kvmcluster_model.current": lambda: VIEW,
@@ -50,14 +56,16 @@ class Node:
             "kvmcluster_network.plan": lambda me: PLAN,
             "kvmcluster_network.evaluate": lambda *a: copy.deepcopy(self.ev),
             "kvmcluster_nettxn.begin": self.begin,
-            "pkg.list_pkgs": lambda: {p: "1" for p in self.have},
-            "pkg.install": lambda pkgs: self.install(pkgs),
+            "pkg.version": self.version,
+            "pkg.latest_version": lambda *names, refresh=True: {n: "1" for n in names},
+            "pkg.install": lambda pkgs, refresh=True: self.install(pkgs),
         }
 
 
 def run(node, test):
     state.__salt__ = node.salt()
     state.__opts__ = {"test": test}
+    state.__utils__ = UTILS
     return state.bridged("bridge", packages={"ifupdown": ["ifupdown", "bridge-utils"]})
 
 
@@ -80,7 +88,7 @@ def test_only_packages_missing_is_a_change_both_ways():
     real = run(node, test=False)
     assert predicted["result"] is None
     assert predicted["changes"] == real["changes"] == {
-        "packages": {"old": [], "new": ["bridge-utils"]}}
+        "packages": {"bridge-utils": {"old": None, "new": "1"}}}
     assert node.begun == []
 
 
@@ -91,7 +99,7 @@ def test_a_rolled_back_change_reports_nothing_changed():
     assert got["result"] is False and got["changes"] == {}
     assert "the previous configuration is back" in got["comment"]
     got = run(Node(evaluation(), outcome), test=False)
-    assert got["changes"] == {"packages": {"old": [], "new": ["bridge-utils"]}}
+    assert got["changes"] == {"packages": {"bridge-utils": {"old": None, "new": "1"}}}
 
 
 def test_when_the_node_cannot_prove_the_path_it_waits_and_says_so():
@@ -157,7 +165,7 @@ def test_a_transaction_that_cannot_start_changes_nothing_but_packages():
     state.__salt__, state.__opts__ = salt, {"test": False}
     got = state.bridged("bridge", packages={"ifupdown": ["ifupdown", "bridge-utils"]})
     assert got["result"] is False
-    assert got["changes"] == {"packages": {"old": [], "new": ["bridge-utils"]}}
+    assert got["changes"] == {"packages": {"bridge-utils": {"old": None, "new": "1"}}}
     assert got["comment"] == ("network transaction not started: the boot-time rollback is "
                               "not installed")
 
@@ -175,7 +183,7 @@ def test_an_evaluation_error_is_the_result_and_changes_nothing_under_test():
         got = state.bridged("bridge", packages={"ifupdown": ["ifupdown", "bridge-utils"]})
         assert got["result"] is False and "rollback_timeout" in got["comment"]
         assert got["changes"] == ({} if test else
-                                  {"packages": {"old": [], "new": ["bridge-utils"]}})
+                                  {"packages": {"bridge-utils": {"old": None, "new": "1"}}})
 
 
 def test_the_comment_lists_what_moves():

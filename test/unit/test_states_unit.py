@@ -97,6 +97,6 @@ def test_mountpoint_lookup(tmp_path):
 
 
 def test_sysctl_render_skips_nulls():
-    text = sysctl_state.render({"vm.swappiness": 10, "net.core.somaxconn": None})
+    text = sysctl_state._render({"vm.swappiness": 10, "net.core.somaxconn": None})
     assert "vm.swappiness = 10" in text
     assert "somaxconn" not in text

@@ -1,0 +1,34 @@
+"""
+State for the packages of a kvmcluster component, reported the same way under test=True
+and in the real run: one entry per package asked for, ``{"old": None, "new": version}``
+(the candidate under test, the installed version after), never the dependencies a real
+install pulls in and a prediction cannot know.
+"""
+
+__virtualname__ = "kvmcluster_packages"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def installed(name, pkgs, install_recommends=True):
+    """
+    ``pkgs`` are installed (any version; upgrades are the site's package policy).
+
+    name
+        Any; reported back.
+    pkgs
+        Package names (map.jinja ``pkgs:*``).
+    install_recommends
+        APT only: also install recommended packages.
+    """
+    test = __opts__["test"]
+    extra = {} if install_recommends or __grains__.get("os_family") != "Debian" \
+        else {"install_recommends": False}
+    return __utils__["kvmcluster_state.converge"](
+        name, test, lambda: __utils__["kvmcluster_state.packages_diff"](__salt__, pkgs, test),
+        lambda changes: __utils__["kvmcluster_state.packages_install"](__salt__, changes,
+                                                                        **extra),
+        ok=f"installed: {', '.join(pkgs)}", planned=lambda c: f"would install {', '.join(c)}",
+        done=lambda c: f"installed {', '.join(c)}")

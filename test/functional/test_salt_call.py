@@ -1,0 +1,83 @@
+"""The formula through a real ``salt-call --local``: what Salt's loader exposes as states, and
+the requisites that replace failhard (every state of the formula behind the model and the
+preflight, so a failed check stops kvmcluster on that node and nothing else)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kvmtestlib import REPO, SEED_PILLAR
+
+SALT_CALL = str(Path(sys.executable).parent / "salt-call")
+
+STATES = [
+    "kvmcluster_account.present", "kvmcluster_firewall.managed",
+    "kvmcluster_libvirt.config_managed", "kvmcluster_libvirt.python_binding",
+    "kvmcluster_libvirt.restarted", "kvmcluster_libvirt.running",
+    "kvmcluster_libvirt.sockets_managed", "kvmcluster_model.validated",
+    "kvmcluster_network.boot_guard", "kvmcluster_network.bridged",
+    "kvmcluster_network.libvirt_network", "kvmcluster_nfs.exported",
+    "kvmcluster_nfs.mounted", "kvmcluster_nfs.packages", "kvmcluster_node.reported",
+    "kvmcluster_packages.installed", "kvmcluster_pool.present",
+    "kvmcluster_preflight.checked", "kvmcluster_security.apparmor_paths",
+    "kvmcluster_security.selinux_contexts", "kvmcluster_sysctl.dropin_managed",
+]
+
+
+@pytest.fixture(scope="module")
+def salt_call(tmp_path_factory):
+    root = tmp_path_factory.mktemp("salt-call")
+    conf = {
+        "file_client": "local", "root_dir": str(root), "cachedir": str(root / "cache"),
+        "pki_dir": str(root / "pki"), "log_file": str(root / "log"), "id": "kvm02",
+        "module_dirs": [str(REPO / "_modules")], "states_dirs": [str(REPO / "_states")],
+        "utils_dirs": [str(REPO / "_utils")], "file_roots": {"base": [str(REPO)]},
+        "pillar_roots": {"base": [str(root / "pillar")]},
+    }
+    (root / "pillar").mkdir()
+    (root / "pillar" / "top.sls").write_text("base:\n  '*':\n    - kvmcluster\n")
+    (root / "pillar" / "kvmcluster.sls").write_text(yaml.safe_dump(SEED_PILLAR))
+    (root / "minion").write_text(yaml.safe_dump(conf))
+
+    def call(*args):
+        res = subprocess.run([SALT_CALL, "--local", f"--config-dir={root}", "--out=json", *args],
+                             capture_output=True, text=True, timeout=300, check=False)
+        assert res.returncode == 0, res.stderr[-2000:]
+        return json.loads(res.stdout)["local"]
+
+    return call
+
+
+def test_only_real_states_are_exposed(salt_call):
+    assert salt_call("sys.list_state_functions", "kvmcluster_*") == STATES
+
+
+def _requires(low):
+    out = set()
+    for req in low.get("require", []):
+        for mod, ident in req.items():
+            if mod == "sls":
+                continue
+            out.add(ident)
+    return out
+
+
+def test_every_state_is_behind_the_model_and_the_preflight(salt_call):
+    chunks = salt_call("state.show_low_sls", "kvmcluster")
+    assert not any(c.get("failhard") for c in chunks)
+    graph = {c["__id__"]: _requires(c) for c in chunks}
+
+    def reaches(ident, target, seen=()):
+        return target in graph.get(ident, ()) or any(
+            reaches(r, target, seen + (ident,)) for r in graph.get(ident, ()) if r not in seen)
+
+    ids = sorted(graph)
+    assert len(ids) >= 18, ids
+    for ident in ids:
+        if ident != "kvmcluster-model-validated":
+            assert reaches(ident, "kvmcluster-model-validated"), ident
+        if ident not in ("kvmcluster-model-validated", "kvmcluster-prereqs-preflight-checked"):
+            assert reaches(ident, "kvmcluster-prereqs-preflight-checked"), ident
