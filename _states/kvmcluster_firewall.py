@@ -13,6 +13,10 @@ def __virtual__():
     return __virtualname__
 
 
+def _skeleton():
+    return __utils__["kvmcluster_state.skeleton"]()
+
+
 def _address_interface(ip):
     """The interface that holds ``ip`` now (br0 after the takeover, the NIC before)."""
     for iface, data in (__salt__["network.interfaces"]() or {}).items():
@@ -31,7 +35,7 @@ def managed(name):
     name
         Any; reported back.
     """
-    ret = __utils__["kvmcluster_state.ret"]
+    ret = _skeleton().ret
     view = __salt__["kvmcluster_model.current"]()
     if not view["firewall"]["manage"]:
         return ret(name, comment="the firewall is not managed here (kvmcluster:firewall:manage)")
@@ -63,7 +67,7 @@ def managed(name):
         __salt__["kvmcluster_firewall.change"](zone, add=want, remove=stale)
         __salt__["kvmcluster_firewall.set_owned"]({**owned, zone: sorted(want)})
 
-    return __utils__["kvmcluster_state.converge"](
+    return _skeleton().converge(
         name, __opts__["test"], diff, apply, diff,
         ok=f"firewalld zone {zone} ({iface}): {len(want)} kvmcluster rule(s) in place",
         planned=f"firewalld zone {zone} ({iface}) would get the kvmcluster rules",

@@ -11,12 +11,17 @@ States for the libvirt daemon of a kvmcluster node.
 import importlib
 import os
 import sys
+import time
 
 __virtualname__ = "kvmcluster_libvirt"
 
 
 def __virtual__():
     return __virtualname__
+
+
+def _skeleton():
+    return __utils__["kvmcluster_state.skeleton"]()
 
 
 def _tls(view):
@@ -260,16 +265,24 @@ def restarted(name, service, sockets=()):
         ret.update(result=None, changes={"restarted": units},
                    comment=f"{', '.join(units)} would be restarted")
         return ret
+    note = ""
     try:
         __salt__["kvmcluster_node.systemctl"]("stop", *reversed(units))
-        __salt__["kvmcluster_node.systemctl"]("start", *units)
+        try:
+            __salt__["kvmcluster_node.systemctl"]("start", *units)
+        except Exception as exc:  # pylint: disable=broad-except
+            # A socket's start can fail once on a transient cgroup error (status 219):
+            # one more try, said in the comment; a second failure is the result.
+            time.sleep(1)
+            __salt__["kvmcluster_node.systemctl"]("start", *units)
+            note = f" (the first start failed and was retried: {str(exc)[:200]})"
         down = [u for u in units if not __salt__["kvmcluster_node.unit_state"](u)["active"]]
     except Exception as exc:  # pylint: disable=broad-except
         ret.update(result=False, comment=str(exc))
         return ret
     ret.update(changes={"restarted": units}, result=not down,
                comment=f"not active after restart: {down}" if down else
-               f"restarted {', '.join(units)}")
+               f"restarted {', '.join(units)}{note}")
     return ret
 
 
@@ -310,14 +323,14 @@ def python_binding(name, build_pkgs=(), libvirt_pkg="libvirt0"):
     libvirt_pkg
         The package of the libvirt library, whose version the binding follows.
     """
-    st = __utils__["kvmcluster_state.converge"]
+    st = _skeleton().converge
     test = __opts__["test"]
     if _binding_importable():
-        return __utils__["kvmcluster_state.ret"](
+        return _skeleton().ret(
             name, comment=f"libvirt binding importable by {sys.executable}")
     pip = _pip_argv()
     if pip is None:
-        return __utils__["kvmcluster_state.ret"](
+        return _skeleton().ret(
             name, None if test else False,
             f"{sys.executable} is the system's Python and cannot import libvirt: install "
             f"the OS package python3-libvirt (kvmcluster installs it with the KVM packages)")
@@ -331,13 +344,13 @@ def python_binding(name, build_pkgs=(), libvirt_pkg="libvirt0"):
             have = __salt__["pkg.latest_version"](libvirt_pkg, refresh=True)
         found = _upstream(have)
         if not found:
-            raise __utils__["kvmcluster_state.Refused"](
+            raise _skeleton().Refused(
                 f"cannot tell the version of {libvirt_pkg}; set libvirt_python:version")
         return found
 
     def diff():
         changes = {}
-        pkgs = __utils__["kvmcluster_state.packages_diff"](__salt__, list(build_pkgs), test)
+        pkgs = _skeleton().packages_diff(__salt__, list(build_pkgs), test)
         if pkgs:
             changes["packages"] = pkgs
         changes["libvirt-python"] = {"old": None, "new": version()}
@@ -345,7 +358,7 @@ def python_binding(name, build_pkgs=(), libvirt_pkg="libvirt0"):
 
     def apply(changes):
         if "packages" in changes:
-            __utils__["kvmcluster_state.packages_install"](__salt__, changes["packages"])
+            _skeleton().packages_install(__salt__, changes["packages"])
         argv = pip + ["--no-cache-dir", f"libvirt-python=={changes['libvirt-python']['new']}"]
         if cfg.get("index_url"):
             argv += ["--index-url", cfg["index_url"]]
@@ -356,7 +369,7 @@ def python_binding(name, build_pkgs=(), libvirt_pkg="libvirt0"):
         res = __salt__["cmd.run_all"](argv, python_shell=False, ignore_retcode=True,
                                       timeout=1800)
         if res["retcode"] != 0:
-            raise __utils__["kvmcluster_state.Refused"](
+            raise _skeleton().Refused(
                 f"{' '.join(argv)} failed: {(res['stderr'] or res['stdout'])[-1500:]}")
         importlib.invalidate_caches()
 

@@ -18,6 +18,10 @@ def __virtual__():
     return __virtualname__
 
 
+def _skeleton():
+    return __utils__["kvmcluster_state.skeleton"]()
+
+
 def _ret(name):
     return {"name": name, "changes": {}, "result": True, "comment": ""}
 
@@ -90,11 +94,11 @@ def bridged(name, packages=None, backend=None):
     changes = {}
     try:
         # The same entries both ways: the packages asked for (dependencies are the tool's).
-        pkgs = __utils__["kvmcluster_state.packages_diff"](__salt__, want, __opts__["test"])
+        pkgs = _skeleton().packages_diff(__salt__, want, __opts__["test"])
         if pkgs:
             changes["packages"] = pkgs
             if not __opts__["test"]:
-                __utils__["kvmcluster_state.packages_install"](__salt__, pkgs)
+                _skeleton().packages_install(__salt__, pkgs)
     except Exception as exc:  # pylint: disable=broad-except
         ret["result"] = False
         ret["comment"] = f"packages for backend {backend}: {exc}"

@@ -20,6 +20,10 @@ def __virtual__():
     return __virtualname__
 
 
+def _skeleton():
+    return __utils__["kvmcluster_state.skeleton"]()
+
+
 def _ctx():
     view = __salt__["kvmcluster_model.current"]()
     sec = view["storage"]["secondary"]
@@ -54,9 +58,9 @@ def packages(name, server_pkgs, client_pkgs):
     is_server = view["self"]["name"] == server["name"]
     want = list(dict.fromkeys([*(server_pkgs if is_server else []), *client_pkgs]))
     test = __opts__["test"]
-    return __utils__["kvmcluster_state.converge"](
-        name, test, lambda: __utils__["kvmcluster_state.packages_diff"](__salt__, want, test),
-        lambda changes: __utils__["kvmcluster_state.packages_install"](__salt__, changes),
+    return _skeleton().converge(
+        name, test, lambda: _skeleton().packages_diff(__salt__, want, test),
+        lambda changes: _skeleton().packages_install(__salt__, changes),
         ok=f"installed: {', '.join(want)}", planned=lambda c: f"would install {', '.join(c)}",
         done=lambda c: f"installed {', '.join(c)}")
 

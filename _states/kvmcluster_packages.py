@@ -12,6 +12,10 @@ def __virtual__():
     return __virtualname__
 
 
+def _skeleton():
+    return __utils__["kvmcluster_state.skeleton"]()
+
+
 def installed(name, pkgs, install_recommends=True):
     """
     ``pkgs`` are installed (any version; upgrades are the site's package policy).
@@ -26,9 +30,9 @@ def installed(name, pkgs, install_recommends=True):
     test = __opts__["test"]
     extra = {} if install_recommends or __grains__.get("os_family") != "Debian" \
         else {"install_recommends": False}
-    return __utils__["kvmcluster_state.converge"](
-        name, test, lambda: __utils__["kvmcluster_state.packages_diff"](__salt__, pkgs, test),
-        lambda changes: __utils__["kvmcluster_state.packages_install"](__salt__, changes,
+    return _skeleton().converge(
+        name, test, lambda: _skeleton().packages_diff(__salt__, pkgs, test),
+        lambda changes: _skeleton().packages_install(__salt__, changes,
                                                                         **extra),
         ok=f"installed: {', '.join(pkgs)}", planned=lambda c: f"would install {', '.join(c)}",
         done=lambda c: f"installed {', '.join(c)}")

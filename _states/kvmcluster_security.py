@@ -23,6 +23,10 @@ def __virtual__():
     return __virtualname__
 
 
+def _skeleton():
+    return __utils__["kvmcluster_state.skeleton"]()
+
+
 def _pool_paths(view):
     paths = [view["storage"]["primary"]["path"]]
     sec = view["storage"]["secondary"]
@@ -70,9 +74,9 @@ def apparmor_paths(name, path):
     path
         /etc/apparmor.d/local/abstractions/libvirt-qemu
     """
-    st = __utils__["kvmcluster_state.converge"]
+    st = _skeleton().converge
     if not _apparmor_active():
-        return __utils__["kvmcluster_state.ret"](
+        return _skeleton().ret(
             name, comment="AppArmor is not active on this node; nothing to do")
     view = __salt__["kvmcluster_model.current"]()
     broad = view["libvirt"]["apparmor_pool_access"]
@@ -143,10 +147,10 @@ def selinux_contexts(name, packages=()):
     packages
         map.jinja ``pkgs:selinux``.
     """
-    st = __utils__["kvmcluster_state.converge"]
+    st = _skeleton().converge
     mode = _selinux_mode()
     if mode == "disabled":
-        return __utils__["kvmcluster_state.ret"](
+        return _skeleton().ret(
             name, comment="SELinux is not enabled on this node; nothing to do")
     view = __salt__["kvmcluster_model.current"]()
     paths = _pool_paths(view)
@@ -156,7 +160,7 @@ def selinux_contexts(name, packages=()):
 
     def diff():
         changes = {}
-        pkgs = __utils__["kvmcluster_state.packages_diff"](__salt__, list(packages), test)
+        pkgs = _skeleton().packages_diff(__salt__, list(packages), test)
         if pkgs:
             changes["packages"] = pkgs
         # Without semanage yet (fresh node under test), every rule is still to be added.
@@ -175,14 +179,14 @@ def selinux_contexts(name, packages=()):
 
     def apply(changes):
         if "packages" in changes:
-            __utils__["kvmcluster_state.packages_install"](__salt__, changes["packages"])
+            _skeleton().packages_install(__salt__, changes["packages"])
         for key in changes:
             if key.startswith("fcontext:"):
                 spec = key[len("fcontext:"):]
                 verb = "-m" if changes[key]["old"] else "-a"
                 res = _run("semanage", "fcontext", verb, "-t", FCONTEXT_TYPE, spec)
                 if res["retcode"] != 0:
-                    raise __utils__["kvmcluster_state.Refused"](
+                    raise _skeleton().Refused(
                         f"semanage fcontext {spec}: {res['stderr'].strip()}")
         for p in paths:
             if os.path.exists(p):
@@ -190,7 +194,7 @@ def selinux_contexts(name, packages=()):
         if "virt_use_nfs" in changes:
             res = _run("setsebool", "-P", "virt_use_nfs", "1")
             if res["retcode"] != 0:
-                raise __utils__["kvmcluster_state.Refused"](
+                raise _skeleton().Refused(
                     f"setsebool virt_use_nfs: {res['stderr'].strip()}")
 
     def verify():

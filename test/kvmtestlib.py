@@ -46,4 +46,4 @@ def seed_pillar():
 def utils_dunder():
     """``__utils__`` for a state module loaded as plain Python: the repository's _utils."""
     mod = load_module("_utils", "kvmcluster_state")
-    return {f"kvmcluster_state.{n}": getattr(mod, n) for n in dir(mod) if not n.startswith("_")}
+    return {"kvmcluster_state.skeleton": mod.skeleton}

@@ -6,7 +6,7 @@ import json
 import re
 import time
 
-from lab import net
+from lab import net, report, saltcfg
 from lab.report import CONFIRMS, summarize
 from labtest import BACKENDS, FINGERPRINTS, fingerprint, record_timing
 
@@ -66,8 +66,14 @@ def test_bad_pillar_touches_no_node(lab):
         assert "[kvm03] kvmcluster:nodes:kvm03:ip: 172.30.10.42 is also the address of node " \
                "kvm02" in comment
         assert "kvmcluster:bond:mode: '802.3ab' is not a bonding mode" in comment
-        # failhard: no state ran after the model's
-        assert [k.split("_|-")[1] for k in results[n]] == ["kvmcluster-model-validated"]
+        # Requisites, not failhard: every other state of the formula is held back by the
+        # failed model and changes nothing.
+        others = {k.split("_|-")[1]: v for k, v in results[n].items()
+                  if "model-validated" not in k}
+        assert len(others) >= 18
+        for sid, r in others.items():
+            assert r["result"] is False and r["changes"] == {}, (sid, r)
+            assert r["comment"].startswith("One or more requisite failed"), (sid, r["comment"])
     after = {n: etc_fingerprint(lab, n) for n in NODES}
     assert after == before
 
@@ -87,12 +93,14 @@ def test_test_mode_predicts_the_real_run_then_zero_changes(lab):
         FINGERPRINTS.setdefault("salt-ssh", {})[n] = fingerprint(lab, n)
     for n in NODES:
         assert summarize(applied[n])["failed"] == 0, summarize(applied[n])
-        pred, real = changes_of(predicted[n]), changes_of(applied[n])
-        # The restart follows the config change; under test it is predicted the same way.
-        assert set(pred) == set(real), (pred, real)
-        for sid in ("kvmcluster-libvirt-config-managed", "kvmcluster-storage-primary-pool-present",
-                    "kvmcluster-libvirt-account-present"):
-            assert pred[sid] == real[sid], sid
+        # The FULL changes of every state ID: test=True on fresh nodes said exactly what the
+        # real run did (packages, files, units, pools, the bridge, the libvirt network).
+        assert set(predicted[n]) == set(applied[n])
+        for key, real in applied[n].items():
+            pred = predicted[n][key]
+            assert pred["changes"] == real["changes"], (n, key, pred["changes"], real["changes"])
+            assert pred["result"] is (None if real["changes"] else True), (n, key, pred)
+        assert len(changes_of(applied[n])) >= 8, changes_of(applied[n])
         assert summarize(again[n])["changed"] == 0, summarize(again[n])["changed_ids"]
     # The bridge takeover, over the very salt-ssh session it moves: test=True said exactly
     # which files change and what moves; the real run did that, then was confirmed.
@@ -181,3 +189,31 @@ def test_unmounted_storage_stops_at_preflight(lab):
     assert summarize(results["kvm03"])["changed"] == 0
     for n in ("kvm01", "kvm02"):
         assert summarize(results[n])["failed"] == 0
+
+
+def test_failed_preflight_stops_kvmcluster_not_the_highstate(lab):
+    """A top file with kvmcluster and one unrelated state (the lab's labunrelated.sls): a
+    node whose preflight fails (a NIC that is not there) runs the unrelated state, and no
+    kvmcluster state after its preflight."""
+    bad = json.loads(json.dumps(lab.pillar))
+    bad["kvmcluster"]["nodes"]["kvm03"]["nic"] = "eth9"
+    lab.set_pillar(bad)
+    lab.ssh("kvm03", "rm -f /root/unrelated-formula.txt")
+    try:
+        proc = saltcfg.salt_ssh("kvm03", "state.highstate", "--out=json", "--static",
+                                timeout=600)
+    finally:
+        lab.reset_pillar()
+    res = report.parse_json(proc.stdout)["kvm03"]
+    by_id = {k.split("_|-")[1]: v for k, v in res.items()}
+    assert by_id["lab-unrelated-file-managed"]["result"] is True
+    assert lab.ssh("kvm03", "cat /root/unrelated-formula.txt") == "another formula's state ran"
+    pre = by_id["kvmcluster-prereqs-preflight-checked"]
+    assert pre["result"] is False
+    assert "kvmcluster:nodes:kvm03:nic: eth9 not found on this node" in pre["comment"]
+    held = {sid: r for sid, r in by_id.items() if sid.startswith("kvmcluster-")
+            and sid not in ("kvmcluster-model-validated", "kvmcluster-prereqs-preflight-checked")}
+    assert len(held) >= 18
+    for sid, r in held.items():
+        assert r["result"] is False and r["changes"] == {}, (sid, r)
+        assert r["comment"].startswith("One or more requisite failed"), (sid, r["comment"])

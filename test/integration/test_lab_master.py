@@ -44,6 +44,19 @@ def test_highstate_converges_like_salt_ssh(master_lab):
     assert set(first) == set(NODES), proc.stdout[-2000:]
     for n in NODES:
         assert summarize(first[n])["failed"] == 0, summarize(first[n])["failures"]
+        # The minion's own Python could not import the distribution's binding: the formula
+        # built libvirt-python into it from the lab's package repository.
+        binding = next(v for k, v in first[n].items() if "libvirt-python-present" in k)
+        assert binding["changes"]["libvirt-python"] == {"old": None, "new": "9.0.0"}, binding
+        assert set(binding["changes"]["packages"]) <= {"gcc", "pkg-config", "libvirt-dev",
+                                                       "python3-dev"}
+        record_timing(f"libvirt-python built into the minion's own Python on {n}",
+                      binding["duration"] / 1000)
+        probe = master_lab.ssh(n, f"{master.MINION_VENV}/bin/python -c 'import sys, libvirt; "
+                                  "print(libvirt.__file__); print(sys.prefix != "
+                                  "sys.base_prefix)'")
+        assert probe.split() == [f"{master.MINION_VENV}/lib/python3.11/site-packages/libvirt.py",
+                                 "True"], probe
         # The minion proved the path to its master (TCP to the master's port) itself.
         bridge = next(v for k, v in first[n].items() if k.startswith(report.BRIDGE_STATE))
         assert bridge["changes"]["runtime"]["confirmation"]["by"] == "node", bridge

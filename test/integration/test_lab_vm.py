@@ -71,13 +71,48 @@ def pool(vm_lab, node, *args):
                                        + " ".join(args), input=POOL_PY))
 
 
+def rich_rules(vm_lab, node, permanent=False):
+    flag = "--permanent " if permanent else ""
+    return sorted(vm_lab.ssh(node, f"firewall-cmd {flag}--zone=public --list-rich-rules")
+                  .strip().splitlines())
+
+
+def tcp_probe(vm_lab, node, host, port):
+    """How a TCP connect from ``node`` to host:port ends: connected, refused, or the errno."""
+    code = ("import socket,sys\ns=socket.socket()\ns.settimeout(5)\n"
+            f"try:\n s.connect(('{host}',{port}));print('connected')\n"
+            "except OSError as e:\n print(e.strerror or type(e).__name__)")
+    return vm_lab.ssh(node, "python3 -", input=code).strip()
+
+
 def test_secondary_storage_over_nfs(vm_lab):
+    for node in ("kvm01", "kvm02"):
+        # firewalld as on a default EL host: running, default zone public, nothing opened.
+        assert vm_lab.ssh(node, "firewall-cmd --state").strip() == "running"
+        assert rich_rules(vm_lab, node) == []
+    predicted, _ = vm_lab.apply("kvmcluster", "test=True")
     t0 = time.monotonic()
     results, proc = vm_lab.apply()
     first = time.monotonic() - t0
     for node in ("kvm01", "kvm02"):
         s = summarize(results[node])
         assert s["failed"] == 0, s["failures"]
+        # test=True on the fresh VM nodes said exactly what the real run changed.
+        for key, real in results[node].items():
+            assert predicted[node][key]["changes"] == real["changes"], (node, key)
+    # The NFS server lets its clients in for nfs, rpc-bind and mountd; each node lets the
+    # other in for migration; the rules are runtime and permanent alike.
+    nfs = [f'rule family="ipv4" source address="{c}" service name="{svc}" accept'
+           for c in ("172.30.10.41", "172.30.10.42") for svc in ("mountd", "nfs", "rpc-bind")]
+    mig = 'rule family="ipv4" source address="{}" port port="49152-49215" protocol="tcp" accept'
+    assert rich_rules(vm_lab, "kvm01") == sorted(nfs + [mig.format("172.30.10.42")])
+    assert rich_rules(vm_lab, "kvm02") == [mig.format("172.30.10.41")]
+    for node in ("kvm01", "kvm02"):
+        assert rich_rules(vm_lab, node, permanent=True) == rich_rules(vm_lab, node)
+        print(f"{node} firewalld public zone:\n  " + "\n  ".join(rich_rules(vm_lab, node)))
+    # Through the firewall: NFS connects, a port nobody opened is rejected by firewalld.
+    assert tcp_probe(vm_lab, "kvm02", "172.30.10.41", 2049) == "connected"
+    assert tcp_probe(vm_lab, "kvm02", "172.30.10.41", 16514) == "No route to host"
     exports = vm_lab.ssh("kvm01", "cat /etc/exports.d/kvmcluster.exports; exportfs -v")
     assert '"/data01/secondary" 172.30.10.41(rw,sync,no_subtree_check,no_root_squash) ' \
            "172.30.10.42(rw,sync,no_subtree_check,no_root_squash)" in exports
@@ -153,3 +188,47 @@ def test_unreachable_nfs_server_fails_in_bounded_time(vm_lab):
     record_timing("NFS mount state failing on an unreachable server", mounted["duration"] / 1000)
     healed, _ = vm_lab.apply_on("kvm02")
     assert summarize(healed["kvm02"])["failed"] == 0
+
+
+GUESTS_PY = r"""
+import json, os, subprocess, time, libvirt
+c = libvirt.open("qemu:///system")
+out = {}
+for pool_name in ("default", "secondary"):
+    name = f"aa-{pool_name}"
+    pool = c.storagePoolLookupByName(pool_name)
+    vol = pool.createXML(f"<volume><name>{name}.qcow2</name><capacity unit='MiB'>16</capacity>"
+                         "<target><format type='qcow2'/></target></volume>", 0)
+    dom = c.defineXML(f'''<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>
+      <vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os>
+      <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+      <source file='{vol.path()}'/><target dev='vda' bus='virtio'/></disk>
+      <graphics type='none'/><console type='pty'/></devices></domain>''')
+    dom.create()
+    time.sleep(3)
+    pid = int(open(f"/run/libvirt/qemu/{name}.pid").read())
+    label = open(f"/proc/{pid}/attr/current").read().strip()
+    fds = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    out[pool_name] = {"active": dom.isActive(), "path": vol.path(), "label": label,
+                      "disk_open": vol.path() in fds,
+                      "seclabel": dom.XMLDesc(0).split("<seclabel")[1].split(">")[0]}
+    dom.destroy(); dom.undefine(); vol.delete(0)
+print(json.dumps(out))
+"""
+
+
+def test_apparmor_guests_start_without_a_global_rule(vm_lab):
+    """AppArmor active, no pool-wide rule (the default): libvirt's per-guest profile lets a
+    guest open its own disk in the primary pool and in the NFS-backed secondary pool."""
+    node = "kvm02"
+    assert vm_lab.ssh(node, "cat /sys/module/apparmor/parameters/enabled").strip() == "Y"
+    abstraction = vm_lab.ssh(node, "cat /etc/apparmor.d/local/abstractions/libvirt-qemu "
+                                   "2>/dev/null || true")
+    assert "kvmcluster" not in abstraction and "rwk" not in abstraction
+    got = json.loads(vm_lab.ssh(node, "python3 -", input=GUESTS_PY, timeout=300))
+    for pool_name, g in got.items():
+        assert g["active"] == 1 and g["disk_open"], (pool_name, g)
+        assert g["label"].startswith("libvirt-") and g["label"].endswith("(enforce)"), g
+        assert "apparmor" in g["seclabel"], g
+    assert got["secondary"]["path"].startswith("/mnt/secondary/")
+    assert got["default"]["path"].startswith("/data01/primary/")

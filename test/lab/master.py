@@ -20,14 +20,17 @@ SALT_PIN = "salt==3008.4"
 MINION_HOME = "/opt/kvmcluster-minion"
 WHEELS = paths.CACHE / "wheels"
 
+# The minion runs on a Python of its own, as onedir minions do: a virtualenv without the
+# system's site-packages, so the distribution's python3-libvirt is not importable there and
+# the formula has to build libvirt-python into it.
+MINION_VENV = f"{MINION_HOME}/venv"
 MINION_UNIT = f"""[Unit]
-Description=Salt minion (lab, from wheels)
+Description=Salt minion (lab, from wheels, in its own Python environment)
 After=network-online.target
 Wants=network-online.target
 
 [Service]
-Environment=PYTHONPATH={MINION_HOME}/lib
-ExecStart=/usr/bin/python3 -c "import salt.scripts; salt.scripts.salt_minion()"
+ExecStart={MINION_VENV}/bin/python -c "import salt.scripts; salt.scripts.salt_minion()"
 Restart=on-failure
 KillMode=process
 
@@ -120,9 +123,9 @@ def install_minion(n):
                              check=True).stdout
     pip = next(wheels().glob("pip-*.whl")).name
     _ssh(n, f"mkdir -p {MINION_HOME}/wheels && tar -C {MINION_HOME}/wheels -x", tarball)
-    _ssh(n, f"python3 {MINION_HOME}/wheels/{pip}/pip install -q --no-index --find-links "
-            f"{MINION_HOME}/wheels --target {MINION_HOME}/lib --break-system-packages "
-            f"{SALT_PIN}", timeout=600)
+    _ssh(n, f"python3 -m venv --without-pip {MINION_VENV} && {MINION_VENV}/bin/python "
+            f"{MINION_HOME}/wheels/{pip}/pip install -q --no-index --find-links "
+            f"{MINION_HOME}/wheels {SALT_PIN} pip", timeout=600)
     conf = yaml.safe_dump({"master": net.MGMT_IP, "id": n.name})
     _ssh(n, "mkdir -p /etc/salt/minion.d && cat > /etc/salt/minion.d/lab.conf",
          conf.encode())

@@ -35,6 +35,9 @@ def lab_pillar(nodes):
                         "ssh_keys": [Path(str(paths.SSH_KEY) + ".pub").read_text().strip()]},
             # Lab-only: a short dead-man switch, so that the tests wait less for rollbacks.
             "network": {"rollback_timeout": ROLLBACK_TIMEOUT},
+            # Minions with a Python of their own build libvirt-python from the lab's
+            # repository, never from the internet.
+            "libvirt_python": {"find_links": f"http://{net.GATEWAY}:8080/python/"},
             # Dual stack: a static IPv6 address per node in the lab's ULA prefix.
             "gateway6": net.GATEWAY6,
             "nodes": {
@@ -43,6 +46,13 @@ def lab_pillar(nodes):
             },
         }
     }
+
+
+UNRELATED_SLS = """lab-unrelated-file-managed:
+  file.managed:
+    - name: /root/unrelated-formula.txt
+    - contents: another formula's state ran
+"""
 
 
 # kvmcluster with one node made slow before its network state (pillar lab_slow: {node: s}).
@@ -110,6 +120,11 @@ def write(nodes, extra_pillar=None):
     (SALT_DIR / "Saltfile").write_text(yaml.safe_dump(saltfile, sort_keys=False))
     (PILLAR_DIR / "top.sls").write_text("base:\n  '*':\n    - kvmcluster\n")
     (SALT_DIR / "states" / "labslow.sls").write_text(SLOW_SLS)
+    # A highstate of the formula beside one unrelated state (a node's failed preflight
+    # stops kvmcluster there, never the rest of its highstate).
+    (SALT_DIR / "states" / "top.sls").write_text(
+        "base:\n  '*':\n    - kvmcluster\n    - labunrelated\n")
+    (SALT_DIR / "states" / "labunrelated.sls").write_text(UNRELATED_SLS)
     pillar = lab_pillar(nodes)
     if extra_pillar:
         pillar = extra_pillar

@@ -1,5 +1,6 @@
-"""Six hand-made mutations of the network transaction engine, each applied to a copy of the tree; the fast tests
-must fail on every one (run: make mutation; commits of HEAD only)."""
+"""Hand-made mutations of the safety-critical code (the network transaction engine, the
+firewall, the MAC policy, the libvirt binding), each applied to a copy of the tree; the fast
+tests must fail on every one (run: make mutation; commits of HEAD only)."""
 import os
 import pathlib
 import shutil
@@ -7,7 +8,9 @@ import subprocess
 import sys
 import tempfile
 SRC = pathlib.Path(__file__).resolve().parents[2]
-MUTS = {
+ENGINE = ("_modules/kvmcluster_nettxn.py", "test/unit/test_nettxn_engine.py")
+HARDENING = "test/unit/test_hardening_states.py"
+NETTXN = {
     "_restore does nothing": ("def _restore(txn, spec):\n", "def _restore(txn, spec):\n    return\n"),
     "confirm leaves the timer armed": ("        _stop_timers(t)\n        t.set_phase(\"confirmed\", \"confirmed by the management node\"",
                                        "        t.set_phase(\"confirmed\", \"confirmed by the management node\""),
@@ -18,18 +21,42 @@ MUTS = {
     "boot-time rollback skips a pending transaction": ("        if ph in FINAL:\n            continue\n        with t.lock():",
                                                        "        if True:\n            continue\n        with t.lock():"),
 }
+MUTS = {name: (*ENGINE, old, new) for name, (old, new) in NETTXN.items()}
+MUTS.update({
+    "NFS opened to every address": (
+        "_modules/kvmcluster_firewall.py", HARDENING,
+        "        for client in sec[\"clients\"]:", "        for client in [\"0.0.0.0/0\"]:"),
+    "stale-rule removal takes the site's rules too": (
+        "_states/kvmcluster_firewall.py", HARDENING,
+        "        stale = sorted(mine - set(want))",
+        "        stale = sorted(set(__salt__[\"kvmcluster_firewall.rich_rules\"](zone, True))"
+        " - set(want))"),
+    "firewall rules only until the next reload": (
+        "_modules/kvmcluster_firewall.py", HARDENING,
+        "    for scope in ([], [\"--permanent\"]):", "    for scope in ([],):"),
+    "global AppArmor rule by default": (
+        "_states/kvmcluster_security.py", HARDENING,
+        "_block(_pool_paths(view)) if broad else None)", "_block(_pool_paths(view)))"),
+    "restorecon only when the rule is new": (
+        "_states/kvmcluster_security.py", HARDENING,
+        "            elif _relabel_needed(p):", "            elif False:"),
+    "pip into the system's Python": (
+        "_states/kvmcluster_libvirt.py", HARDENING,
+        "    return None  # the system's Python",
+        "    return [sys.executable, \"-m\", \"pip\", \"install\"]  # the system's Python"),
+})
 rows = []
-for name, (old, new) in MUTS.items():
+for name, (path, tests, old, new) in MUTS.items():
     work = pathlib.Path(tempfile.mkdtemp(prefix="kvmcluster-mutant-"))
     p1 = subprocess.Popen(["git", "-C", str(SRC), "archive", "HEAD"], stdout=subprocess.PIPE)
     subprocess.run(["tar", "-x", "-C", str(work)], stdin=p1.stdout, check=True)
     p1.wait()
-    f = work / "_modules/kvmcluster_nettxn.py"
+    f = work / path
     text = f.read_text()
     assert text.count(old) == 1, (name, text.count(old))
     f.write_text(text.replace(old, new))
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          "test/unit/test_nettxn_engine.py"], cwd=work, capture_output=True,
+                          tests], cwd=work, capture_output=True,
                          text=True, env=dict(os.environ, PYTHONPATH="test",
                                              PYTEST_DISABLE_PLUGIN_AUTOLOAD="1"))
     last = res.stdout.strip().splitlines()[-1]

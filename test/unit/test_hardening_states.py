@@ -372,3 +372,53 @@ def test_binding_on_the_system_python_is_never_pip_installed(monkeypatch):
     lv_state.__opts__ = {"test": False}
     ret = lv_state.python_binding("b")
     assert ret["result"] is False and "python3-libvirt" in ret["comment"]
+
+
+class FirewallCmd:
+    """firewall-cmd's argv and output as recorded on Debian 12 (firewalld 1.3.0)."""
+
+    def __init__(self):
+        self.rules = {"runtime": set(), "permanent": set()}
+        self.argvs = []
+
+    def run_all(self, argv, **_kw):
+        assert argv[0] == "firewall-cmd" and isinstance(argv, list)
+        self.argvs.append(argv)
+        scope = "permanent" if "--permanent" in argv else "runtime"
+        last = argv[-1]
+        out, code = "", 0
+        if last == "--state":
+            out = "running"
+        elif last.startswith("--get-zone-of-interface="):
+            out, code = ("", 2) if last.endswith("=eth0") else ("trusted", 0)
+        elif last == "--get-default-zone":
+            out = "public"
+        elif last == "--list-rich-rules":
+            out = "\n".join(sorted(self.rules[scope]))
+        elif last.startswith("--add-rich-rule="):
+            self.rules[scope].add(last.split("=", 1)[1])
+            out = "success"
+        elif last.startswith("--remove-rich-rule="):
+            self.rules[scope].discard(last.split("=", 1)[1])
+            out = "success"
+        return {"retcode": code, "stdout": out, "stderr": ""}
+
+
+def test_firewall_cmd_changes_runtime_and_permanent_without_reload():
+    fc = FirewallCmd()
+    fw_mod.__salt__ = {"cmd.run_all": fc.run_all, "cmd.has_exec": lambda c: True}
+    assert fw_mod.running() is True
+    assert fw_mod.zone_of("eth0") == "public"      # in no zone: the default zone
+    assert fw_mod.zone_of("br0") == "trusted"
+    r1, r2 = fw_mod.rule("172.30.10.42", service="nfs"), fw_mod.rule("172.30.10.43", service="nfs")
+    fw_mod.change("public", add=[r1, r2])
+    assert fc.rules == {"runtime": {r1, r2}, "permanent": {r1, r2}}
+    fw_mod.change("public", remove=[r2])
+    assert fw_mod.rich_rules("public") == [r1] == fw_mod.rich_rules("public", permanent=True)
+    assert not any("--reload" in a for a in fc.argvs)
+    assert all(a[1] == "--permanent" or a[1].startswith("--zone=") or len(a) == 2
+               for a in fc.argvs)
+    # Idempotent: adding what is there runs no add.
+    n = len(fc.argvs)
+    fw_mod.change("public", add=[r1])
+    assert not any(a[-1].startswith("--add") for a in fc.argvs[n:])
