@@ -422,3 +422,24 @@ def test_firewall_cmd_changes_runtime_and_permanent_without_reload():
     n = len(fc.argvs)
     fw_mod.change("public", add=[r1])
     assert not any(a[-1].startswith("--add") for a in fc.argvs[n:])
+
+
+@pytest.mark.parametrize("exe,prefix,base,salt_pip,expect", [
+    # The system's Python (salt-ssh, distribution packages): never pip.
+    ("/usr/bin/python3", "/usr", "/usr", False, None),
+    # A virtualenv of its own: its pip.
+    ("/opt/m/venv/bin/python", "/opt/m/venv", "/usr", False,
+     ["/opt/m/venv/bin/python", "-m", "pip", "install"]),
+    # Onedir: salt-pip, into its extras directory.
+    ("/opt/saltstack/salt/bin/python3.10", "/opt/saltstack/salt", "/opt/saltstack/salt", True,
+     ["/opt/saltstack/salt/salt-pip", "install"]),
+])
+def test_pip_is_chosen_by_the_minions_python(monkeypatch, exe, prefix, base, salt_pip, expect):
+    import types  # pylint: disable=import-outside-toplevel
+
+    monkeypatch.setattr(lv_state, "sys", types.SimpleNamespace(executable=exe, prefix=prefix,
+                                                               base_prefix=base))
+    monkeypatch.setattr(lv_state.os, "access",
+                        lambda p, mode: salt_pip and p == "/opt/saltstack/salt/salt-pip")
+    monkeypatch.setattr(lv_state.os.path, "realpath", lambda p: p)
+    assert lv_state._pip_argv() == expect
