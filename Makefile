@@ -42,8 +42,10 @@ test-functional: deps
 test-lab: deps
 	bash test/run-tests.sh lab
 
+# ARGS reaches the lab CLI as one environment variable: make's shell never splits it, so
+# `make lab ARGS='ssh kvm02 -- cmd1; cmd2'` runs both commands on kvm02.
 lab: deps
-	@$(LAB) $(ARGS)
+	@ARGS="$$ARGS" $(LAB) --from-env
 
 lab-up: deps
 	$(LAB) up

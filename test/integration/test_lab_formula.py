@@ -4,9 +4,10 @@ Order matters: the first tests see fresh nodes.
 """
 import json
 import re
+import subprocess
 import time
 
-from lab import net, report, saltcfg
+from lab import net, paths, report, saltcfg
 from lab.report import CONFIRMS, summarize
 from labtest import BACKENDS, FINGERPRINTS, fingerprint, record_timing
 
@@ -217,3 +218,15 @@ def test_failed_preflight_stops_kvmcluster_not_the_highstate(lab):
     for sid, r in held.items():
         assert r["result"] is False and r["changes"] == {}, (sid, r)
         assert r["comment"].startswith("One or more requisite failed"), (sid, r["comment"])
+
+
+def test_make_lab_ssh_runs_every_command_on_the_node(lab, tmp_path):
+    marker = tmp_path / "ran-on-the-host"
+    res = subprocess.run(["make", "-s", "lab", f"ARGS=ssh kvm01 -- hostname; touch {marker}; "
+                          f"test -e {marker} && echo made-on-node"],
+                         cwd=str(paths.REPO_ROOT), capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["kvm01", "made-on-node"]
+    assert not marker.exists()  # the host's shell never saw the second command
+    lab.ssh("kvm01", f"rm -f {marker}")

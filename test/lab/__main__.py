@@ -1,7 +1,12 @@
-"""lab CLI: up | down | status | ssh NODE [CMD...] | apply [SALT ARGS...] | salt [SALT ARGS...]"""
+"""lab CLI: up | down | status | ssh NODE [--] [CMD...] | apply [SALT ARGS...] | salt [SALT ARGS...]
+
+``--from-env`` reads the arguments from the environment variable ARGS, split like a shell
+would split words but with no command separators: ``make lab ARGS='ssh kvm02 -- a; b'`` runs
+``a; b`` on kvm02, never ``b`` on the host."""
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -9,7 +14,11 @@ from . import control, master, net, netprep, paths, report, saltcfg, spec
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="lab", description=__doc__)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--from-env"]:
+        argv = shlex.split(os.environ.get("ARGS", ""))
+    ap = argparse.ArgumentParser(prog="lab", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p_up = sub.add_parser("up", help="build the image once, start the nodes")
     p_up.add_argument("--nodes", type=int, default=3, help="container nodes (default 3)")
@@ -66,9 +75,12 @@ def main(argv=None):
         ips = {n.name: n.ip for n in spec.from_dicts(st.get("spec", []))}
         if a.node not in ips:
             sys.exit(f"no node {a.node!r}; nodes: {', '.join(ips) or 'none (lab down)'}")
+        command = a.command[1:] if a.command[:1] == ["--"] else a.command
+        # One string: the node's shell runs all of it (``a; b`` included), never the host's.
         argv = ["ip", "netns", "exec", net.CONTROLLER, "ssh", "-i", str(paths.SSH_KEY),
                 "-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no",
-                "-o", "LogLevel=ERROR", f"root@{ips[a.node]}", *a.command]
+                "-o", "LogLevel=ERROR", f"root@{ips[a.node]}",
+                *([" ".join(command)] if command else [])]
         os.execvp(argv[0], argv)
     elif a.cmd == "master":
         argv = master.salt_argv(*a.args)
