@@ -41,7 +41,8 @@ BACKENDS = {
     "networkmanager": {"Debian", "RedHat"},
     "ifcfg": {"RedHat"},
 }
-ROLES = {"management", "nfs_server"}
+ROLES = {"management", "nfs_server", "hypervisor"}
+_LEASE_TIME = re.compile(r"^(infinite|\d{1,7}[smhdw]?)\Z", re.A)
 MTU_MIN, MTU_MAX = 576, 9216
 POOL_TYPES = {"netfs", "dir"}
 STRICTNESS = {"fail", "warn"}
@@ -236,7 +237,7 @@ def build(pillar, defaults, self_id=None, self_os_family=None):
 
 INTERNAL = "cannot be validated (a bug in kvmcluster; please report it)"
 # Mappings whose keys are the operator's own (no unknown-key check below them).
-OPEN_MAPS = {"nodes", "sysctl"}
+OPEN_MAPS = {"nodes", "sysctl", "records", "hosts"}
 
 
 def _shape(errors, path, data, default):
@@ -282,6 +283,7 @@ def _build(errors, pillar, defaults, self_id, self_os_family):
                                           self_os_family)
     _check_across(errors, c, resolved)
     _check_storage(errors, c, resolved)
+    _check_dns_dhcp(errors, c, resolved, subnets)
     if errors:
         return None, errors
     model = {k: v for k, v in c.items() if k != "nodes"}
@@ -590,7 +592,13 @@ def _check_node(errors, c, subnets, name, entry, self_id, self_os_family):
         if not _one_of(r, ROLES):
             errors.add(name, f"{key}:roles:{i}", f"{_q(r)} is not a role; valid: "
                        + ", ".join(sorted(ROLES)) + _suggest(r, ROLES))
-    out["roles"] = list(roles)
+    named = [r for r in roles if isinstance(r, str)]
+    out["roles"] = list(named)
+    # A node runs guests unless it is a management node only (or says hypervisor too).
+    out["hypervisor"] = "hypervisor" in named or "management" not in named
+    out["management"] = "management" in named
+    # A management-only node keeps its own NIC unless its entry asks for a bridge.
+    out["takeover"] = out["hypervisor"] or "bridge" in entry
     return out
 
 
@@ -732,9 +740,126 @@ def _check_storage(errors, c, nodes):
             errors.add(None, f"{k}:secondary:clients:{i}", f"{_q(cl)} is not an address or network")
     _int(errors, None, f"{k}:secondary:wait_timeout", sec.get("wait_timeout"), 5, 3600)
     if not sec.get("clients"):
-        sec["clients"] = sorted((n["ip"] for n in nodes.values() if n.get("ip")),
+        # The nodes that run guests (and the server); a management-only node mounts nothing.
+        sec["clients"] = sorted((n["ip"] for name, n in nodes.items() if n.get("ip")
+                                 and (n.get("hypervisor", True) or name == sec.get("server"))),
                                 key=lambda a: (ipaddress.ip_address(a).version,
                                                ipaddress.ip_address(a)))
+
+
+def _in_subnets(addr, subnets):
+    return any(addr.version == n.version and addr in n for n in subnets)
+
+
+def _check_dns_dhcp(errors, c, nodes, subnets):
+    """DNS and DHCP served by the management node(s): records, leases and the range
+    consistent with each other and with the nodes, before any host is touched."""
+    k = ROOT
+    mgmt = {name: n for name, n in nodes.items() if n.get("management")}
+    mgmt_addrs = set()
+    for n in mgmt.values():
+        mgmt_addrs.update(a for a in [n.get("ip"), *[x.split("/")[0] for x in
+                                                      n.get("address6") or []]] if a)
+    dns, dhcp = c["dns"], c["dhcp"]
+    _bool(errors, None, f"{k}:dns:external", dns.get("external"))
+    for i, u in enumerate(_list(errors, None, f"{k}:dns:upstream", dns.get("upstream"))):
+        _addr(errors, None, f"{k}:dns:upstream:{i}", u)
+    if dns.get("external") is False and mgmt:
+        for name, n in nodes.items():
+            for i, d in enumerate(n.get("dns_servers") or []):
+                if d not in mgmt_addrs:
+                    errors.add(name, f"{k}:nodes:{name}:dns_servers:{i}" if d in
+                               [str(x) for x in (c["nodes"][name] or {}).get("dns_servers", [])
+                                ] else f"{k}:dns_servers:{i}",
+                               f"{_q(d)} is not a management node's address "
+                               f"({', '.join(sorted(mgmt_addrs))}); the management nodes serve "
+                               f"DNS, or set {k}:dns:external: true")
+    taken = {}  # address -> what holds it
+    names = {}  # lower-case name -> what it is
+    for name, n in nodes.items():
+        for a in [n.get("ip"), *[x.split("/")[0] for x in n.get("address6") or []]]:
+            if a:
+                taken[a] = f"node {name}"
+        names[str(n.get("hostname", name)).lower()] = f"node {name}"
+    for gw in (c.get("gateway"), c.get("gateway6")):
+        try:
+            taken.setdefault(str(ipaddress.ip_address(str(gw))), "the gateway")
+        except ValueError:
+            pass  # absent, or its own error
+    for rname, addr in (dns.get("records") or {}).items():
+        key = f"{k}:dns:records:{rname}"
+        if not (isinstance(rname, str) and _HOSTNAME.match(rname)):
+            errors.add(None, key, f"{_q(rname)} is not a DNS name (one label: letters, "
+                       "digits, hyphens)")
+            continue
+        if rname.lower() in names:
+            errors.add(None, key, f"{rname} is also the name of {names[rname.lower()]}")
+        names.setdefault(rname.lower(), f"record {rname}")
+        _addr(errors, None, key, addr)
+    rng = dhcp.get("range")
+    lo = hi = None
+    if rng is not None:
+        key = f"{k}:dhcp:range"
+        if not (isinstance(rng, list) and len(rng) == 2):
+            errors.add(None, key, f"{_q(rng)} must be [first, last] addresses or null")
+        else:
+            lo = _addr(errors, None, f"{key}:0", rng[0])
+            hi = _addr(errors, None, f"{key}:1", rng[1])
+            if lo is not None and hi is not None:
+                net = next((n for n in subnets if lo.version == n.version and lo in n), None)
+                if not subnets:
+                    lo = hi = None  # the subnets' own error says why
+                elif lo.version != hi.version or net is None or hi not in net:
+                    errors.add(None, key, f"{lo}..{hi} is not inside one cluster subnet "
+                               f"({', '.join(map(str, subnets))})")
+                    lo = hi = None
+                elif lo > hi:
+                    errors.add(None, key, f"{lo} comes after {hi}")
+                    lo = hi = None
+                else:
+                    inside = sorted((a, who) for a, who in taken.items()
+                                    if ipaddress.ip_address(a).version == lo.version
+                                    and lo <= ipaddress.ip_address(a) <= hi)
+                    for a, who in inside:
+                        errors.add(None, key, f"{lo}..{hi} holds {a}, the address of {who}")
+    _LEASE = _LEASE_TIME
+    if not (isinstance(dhcp.get("lease_time"), str) and _LEASE.match(dhcp["lease_time"])):
+        errors.add(None, f"{k}:dhcp:lease_time", f"{_q(dhcp.get('lease_time'))} must be like "
+                   "'12h', '30m', '3600' or 'infinite' (quoted)")
+    macs = {}
+    for hname, h in (dhcp.get("hosts") or {}).items():
+        key = f"{k}:dhcp:hosts:{hname}"
+        if not (isinstance(hname, str) and _HOSTNAME.match(hname)):
+            errors.add(None, key, f"{_q(hname)} is not a DNS name (one label)")
+            continue
+        if not isinstance(h, dict):
+            errors.add(None, key, "must be a mapping with mac and ip")
+            continue
+        _unknown(errors, None, key, h, {"mac", "ip"})
+        if hname.lower() in names:
+            errors.add(None, key, f"{hname} is also the name of {names[hname.lower()]}")
+        names.setdefault(hname.lower(), f"lease {hname}")
+        mac = h.get("mac")
+        if not (isinstance(mac, str) and _MAC.match(mac)) or int(str(mac)[:2] or "1", 16) & 1:
+            errors.add(None, f"{key}:mac", f"{_q(mac)} is not a unicast MAC address")
+        elif mac.lower() in macs:
+            errors.add(None, f"{key}:mac", f"{mac} is also the MAC of {macs[mac.lower()]}")
+        else:
+            macs[mac.lower()] = f"lease {hname}"
+        ip = _addr(errors, None, f"{key}:ip", h.get("ip"))
+        if ip is None:
+            continue
+        if subnets and not _in_subnets(ip, subnets):
+            errors.add(None, f"{key}:ip", f"{ip} is not in a cluster subnet")
+        elif str(ip) in taken:
+            errors.add(None, f"{key}:ip", f"{ip} is also the address of {taken[str(ip)]}")
+        elif lo is not None and lo.version == ip.version and lo <= ip <= hi:
+            errors.add(None, f"{key}:ip", f"{ip} is inside the dynamic range {lo}..{hi}")
+        taken.setdefault(str(ip), f"lease {hname}")
+    for name, n in nodes.items():
+        mac = n.get("mac")
+        if mac and mac in macs:
+            errors.add(name, f"{k}:nodes:{name}:mac", f"{mac} is also the MAC of {macs[mac]}")
 
 
 def format_errors(errors):

@@ -208,7 +208,8 @@ def test_failed_preflight_stops_kvmcluster_not_the_highstate(lab):
     res = report.parse_json(proc.stdout)["kvm03"]
     by_id = {k.split("_|-")[1]: v for k, v in res.items()}
     assert by_id["lab-unrelated-file-managed"]["result"] is True
-    assert lab.ssh("kvm03", "cat /root/unrelated-formula.txt") == "another formula's state ran"
+    assert lab.ssh("kvm03", "cat /root/unrelated-formula.txt").strip() == \
+        "another formula's state ran"
     pre = by_id["kvmcluster-prereqs-preflight-checked"]
     assert pre["result"] is False
     assert "kvmcluster:nodes:kvm03:nic: eth9 not found on this node" in pre["comment"]

@@ -38,14 +38,17 @@ def test_corpus_is_large_enough():
 def test_seed_pillar_is_valid():
     built, errors = model.build(SEED_PILLAR["kvmcluster"], DEFAULTS)
     assert [str(e) for e in errors] == []
-    assert sorted(built["nodes"]) == ["kvm01", "kvm02", "kvm03", "mgmt01"]
+    assert sorted(built["nodes"]) == ["kvm01", "kvm02", "kvm03", "mgmt01", "mgmt02"]
+    assert [n for n, v in built["nodes"].items() if not v["hypervisor"]] == ["mgmt01", "mgmt02"]
+    assert not built["nodes"]["mgmt01"]["takeover"] and built["nodes"]["kvm01"]["takeover"]
     kvm01 = built["nodes"]["kvm01"]
     assert kvm01["address"] == "172.30.10.41/24"
     assert kvm01["port"]["kind"] == "bond" and kvm01["port"]["mode"] == "802.3ad"
     assert kvm01["bridge"] == {"name": "br0", "mtu": 9000, "stp": False, "forward_delay": 0}
     assert built["storage"]["secondary"]["server"] == "kvm01"
+    # The hypervisors mount the share; the management nodes do not.
     assert built["storage"]["secondary"]["clients"] == [
-        "172.30.10.11", "172.30.10.41", "172.30.10.42", "172.30.10.43"]
+        "172.30.10.41", "172.30.10.42", "172.30.10.43"]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])

@@ -100,7 +100,10 @@ def test_ipv4_ipv6_and_dual_stack_validate():
     v6 = copy.deepcopy(BASE)
     v6["subnets"] = ["fd00:30:10::/64"]
     v6["gateway"] = "fd00:30:10::1"
-    v6["dns_servers"] = ["fd00:30:10::11"]
+    v6["dns_servers"] = ["fd00:30:10::44"]  # mgmt01 below
+    v6["dhcp"] = {"range": ["fd00:30:10::200", "fd00:30:10::2ff"],
+                  "hosts": {"golden-builder": {"mac": "52:54:00:10:00:01",
+                                               "ip": "fd00:30:10::101"}}}
     for i, (name, node) in enumerate(sorted(v6["nodes"].items())):
         node["ip"] = f"fd00:30:10::{0x41 + i:x}/64"
         node.pop("gateway", None)
