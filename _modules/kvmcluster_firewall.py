@@ -116,10 +116,19 @@ def wanted(view):
     peers = []
     for name, node in sorted(view["nodes"].items()):
         # Every node but a management-only one runs guests.
-        if name != me and node.get("roles") != ["management"]:
+        if name != me and node.get("hypervisor", True):
             peers += [a for a in (node.get("ip"), node.get("ip6")) if a]
+    if not view["self"].get("hypervisor", True):
+        peers = []  # a management-only node neither migrates nor serves libvirt
     if view["libvirt"]["tls"]["enabled"]:
         rules += [rule(p, service=TLS_SERVICE) for p in peers]
+    if view["self"].get("management"):
+        # DNS for the cluster's subnets; DHCP from anywhere on the link (a client has no
+        # address yet when it asks).
+        rules += [rule(net, service="dns") for net in view["subnets"]]
+        fams = sorted({"ipv4" if ":" not in n else "ipv6" for n in view["subnets"]})
+        if "ipv4" in fams:
+            rules.append('rule family="ipv4" service name="dhcp" accept')
     mig = view.get("migration") or {}
     if mig.get("enabled"):
         ports = f"{mig['ports'][0]}-{mig['ports'][1]}"

@@ -664,7 +664,7 @@ def _check_across(errors, c, nodes):
                            f"{seen_mac[n['mac']]}")
             seen_mac.setdefault(n["mac"], name)
         h = n.get("hostname", "").lower()
-        if h:
+        if h and _HOSTNAME.match(h):  # an invalid one has its own error
             if h in seen_host:
                 errors.add(name, f"{key}:hostname", f"{h} is also the host name of node "
                            f"{seen_host[h]}")

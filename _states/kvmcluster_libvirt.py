@@ -69,6 +69,9 @@ def config_managed(name, path, rw_sockets=(), ro_sockets=(), env_file=None, env=
         The daemon's environment file and the variables it must hold (the packaged
         ``--timeout 120`` would stop an idle libvirtd; a hypervisor's daemon stays up).
     """
+    gated = _skeleton().not_a_hypervisor(name, __salt__["kvmcluster_model.current"]())
+    if gated:
+        return gated
     ret = _ret(name)
     try:
         view = __salt__["kvmcluster_model.current"]()
@@ -142,6 +145,9 @@ def sockets_managed(name, tcp_socket, tls_socket):
     name
         Any; reported back.
     """
+    gated = _skeleton().not_a_hypervisor(name, __salt__["kvmcluster_model.current"]())
+    if gated:
+        return gated
     ret = _ret(name)
     try:
         view = __salt__["kvmcluster_model.current"]()
@@ -202,6 +208,9 @@ def running(name, service, sockets=(), started_by_package=False):
         The OS's packages enable and start their units (Debian/Ubuntu), so under test=True
         a unit still to be installed is predicted to need nothing from this state.
     """
+    gated = _skeleton().not_a_hypervisor(name, __salt__["kvmcluster_model.current"]())
+    if gated:
+        return gated
     ret = _ret(name)
     try:
         if not __salt__["kvmcluster_node.systemd_running"]():
@@ -259,6 +268,9 @@ def restarted(name, service, sockets=()):
     sockets
         Its socket units.
     """
+    gated = _skeleton().not_a_hypervisor(name, __salt__["kvmcluster_model.current"]())
+    if gated:
+        return gated
     ret = _ret(name)
     units = _units(service, sockets)
     if __opts__["test"]:
@@ -323,6 +335,9 @@ def python_binding(name, build_pkgs=(), libvirt_pkg="libvirt0"):
     libvirt_pkg
         The package of the libvirt library, whose version the binding follows.
     """
+    gated = _skeleton().not_a_hypervisor(name, __salt__["kvmcluster_model.current"]())
+    if gated:
+        return gated
     st = _skeleton().converge
     test = __opts__["test"]
     if _binding_importable():

@@ -69,6 +69,10 @@ def bridged(name, packages=None, backend=None):
     if not settings.get("manage", True):
         ret["comment"] = "the bridge is not managed here (kvmcluster:network:manage is false)"
         return ret
+    if not me.get("takeover", True):
+        ret["comment"] = (f"{me['name']} is a management node and names no bridge: its "
+                          "network is left as it is")
+        return ret
     rollback_after = settings["rollback_timeout"]
     # Under test=True nothing is rolled back, not even a stale transaction.
     pending = __salt__["kvmcluster_nettxn.pending"](reap=not __opts__["test"])
@@ -201,6 +205,10 @@ def boot_guard(name):
         State name.
     """
     ret = _ret(name)
+    me = __salt__["kvmcluster_model.current"]()["self"]
+    if not me.get("takeover", True):
+        ret["comment"] = f"{me['name']} takes no bridge over: no network rollback to guard"
+        return ret
     st = __salt__["kvmcluster_nettxn.boot_guard"]()
     want = {"installed": True, "enabled": True}
     diff = {k: {"old": st.get(k), "new": v} for k, v in want.items() if st.get(k) != v}
@@ -237,6 +245,9 @@ def libvirt_network(name, network=None, bridge=None):
     bridge
         The host bridge guests attach to (default: the node's bridge in the model).
     """
+    gated = _skeleton().not_a_hypervisor(name, __salt__["kvmcluster_model.current"]())
+    if gated:
+        return gated
     ret = _ret(name)
     view = __salt__["kvmcluster_model.current"]()
     network = network or view["network"].get("libvirt_network")

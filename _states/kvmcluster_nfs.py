@@ -42,6 +42,18 @@ def _off(ret):
     return ret
 
 
+def _not_client(view, server):
+    """A management-only node other than the server mounts nothing."""
+    me = view["self"]
+    return not me.get("hypervisor", True) and me["name"] != server["name"]
+
+
+def _no_share(ret, view):
+    ret["comment"] = (f"{view['self']['name']} is a management node: it neither serves nor "
+                      "mounts the secondary storage")
+    return ret
+
+
 def packages(name, server_pkgs, client_pkgs):
     """
     The NFS packages this node's role needs are installed.
@@ -55,6 +67,8 @@ def packages(name, server_pkgs, client_pkgs):
     view, sec, server = _ctx()
     if not sec:
         return _off(ret)
+    if _not_client(view, server):
+        return _no_share(ret, view)
     is_server = view["self"]["name"] == server["name"]
     want = list(dict.fromkeys([*(server_pkgs if is_server else []), *client_pkgs]))
     test = __opts__["test"]
@@ -174,6 +188,8 @@ def mounted(name, fstab="/etc/fstab"):
     view, sec, server = _ctx()
     if not sec:
         return _off(ret)
+    if _not_client(view, server):
+        return _no_share(ret, view)
     is_server = view["self"]["name"] == server["name"]
     mp = sec["mountpoint"]
     line = _fstab_line(sec, server, is_server)

@@ -16,7 +16,11 @@ def _skeleton():
     return __utils__["kvmcluster_state.skeleton"]()
 
 
-def installed(name, pkgs, install_recommends=True):
+def _skeleton():
+    return __utils__["kvmcluster_state.skeleton"]()
+
+
+def installed(name, pkgs, install_recommends=True, hypervisor_only=False):
     """
     ``pkgs`` are installed (any version; upgrades are the site's package policy).
 
@@ -26,7 +30,13 @@ def installed(name, pkgs, install_recommends=True):
         Package names (map.jinja ``pkgs:*``).
     install_recommends
         APT only: also install recommended packages.
+    hypervisor_only
+        Nothing to install on a management-only node (the KVM packages).
     """
+    if hypervisor_only:
+        gated = _skeleton().not_a_hypervisor(name, __salt__["kvmcluster_model.current"]())
+        if gated:
+            return gated
     test = __opts__["test"]
     extra = {} if install_recommends or __grains__.get("os_family") != "Debian" \
         else {"install_recommends": False}

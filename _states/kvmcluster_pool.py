@@ -13,6 +13,10 @@ def __virtual__():
     return __virtualname__
 
 
+def _skeleton():
+    return __utils__["kvmcluster_state.skeleton"]()
+
+
 def _desired(role):
     """The pool the model wants for ``role``, or None when it wants none."""
     view = __salt__["kvmcluster_model.current"]()
@@ -63,6 +67,9 @@ def present(name, role="primary", uri="qemu:///system"):
         a netfs pool of the NFS export, or a dir pool over the managed mount; on the NFS
         server always a dir pool over its bind mount).
     """
+    gated = _skeleton().not_a_hypervisor(name, __salt__["kvmcluster_model.current"]())
+    if gated:
+        return gated
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
     try:
         want = _desired(role)

@@ -59,6 +59,13 @@ def _checks(view):
                      f"({'; '.join(f'{k} {v}' for k, v in SUPPORTED[family].items())})")
     if not __salt__["kvmcluster_node.systemd_running"]():
         fails.append("systemd is not running as init: services cannot be managed or trusted")
+    facts["roles"] = ",".join(view["self"].get("roles") or []) or "hypervisor"
+    if not view["self"].get("hypervisor", True):
+        # A management node runs no guests and keeps no pools: no KVM or storage checks.
+        other = _other_firewall(view)
+        if other:
+            warns.append(other)
+        return fails, warns, facts
 
     flags = __salt__["kvmcluster_node.cpu_flags"]()
     facts["cpu_flags"] = flags
@@ -104,7 +111,7 @@ def _checks(view):
 
 
 # What each firewalld service of the formula opens, for sites with another firewall.
-PORTS = {"nfs": "2049/tcp", "rpc-bind": "111/tcp+udp", "mountd": "20048/tcp+udp",
+PORTS = {"dns": "53/tcp+udp", "dhcp": "67/udp", "nfs": "2049/tcp", "rpc-bind": "111/tcp+udp", "mountd": "20048/tcp+udp",
          "libvirt-tls": "16514/tcp"}
 
 
@@ -121,7 +128,8 @@ def _other_firewall(view):
         return None
     opens = sorted({(PORTS.get(r.split('name="')[1].split('"')[0]) if 'service name="' in r
                      else r.split('port="')[1].split('"')[0] + "/tcp")
-                    + " from " + r.split('address="')[1].split('"')[0] for r in rules})
+                    + " from " + (r.split('address="')[1].split('"')[0]
+                                  if 'address="' in r else "anywhere") for r in rules})
     return (f"{', '.join(active)} runs, not firewalld: kvmcluster manages firewalld only; open "
             f"these yourself: {'; '.join(opens)}")
 

@@ -74,6 +74,9 @@ def apparmor_paths(name, path):
     path
         /etc/apparmor.d/local/abstractions/libvirt-qemu
     """
+    gated = _skeleton().not_a_hypervisor(name, __salt__["kvmcluster_model.current"]())
+    if gated:
+        return gated
     st = _skeleton().converge
     if not _apparmor_active():
         return _skeleton().ret(
@@ -147,6 +150,9 @@ def selinux_contexts(name, packages=()):
     packages
         map.jinja ``pkgs:selinux``.
     """
+    gated = _skeleton().not_a_hypervisor(name, __salt__["kvmcluster_model.current"]())
+    if gated:
+        return gated
     st = _skeleton().converge
     mode = _selinux_mode()
     if mode == "disabled":

@@ -13,6 +13,10 @@ def __virtual__():
     return __virtualname__
 
 
+def _skeleton():
+    return __utils__["kvmcluster_state.skeleton"]()
+
+
 def _proc_path(key):
     return "/proc/sys/" + key.replace(".", "/")
 
@@ -57,6 +61,9 @@ def dropin_managed(name, path):
     path
         The drop-in, e.g. /etc/sysctl.d/60-kvmcluster.conf.
     """
+    gated = _skeleton().not_a_hypervisor(name, __salt__["kvmcluster_model.current"]())
+    if gated:
+        return gated
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
     settings = {k: v for k, v in __salt__["kvmcluster_model.current"]()["sysctl"].items()
                 if v is not None}

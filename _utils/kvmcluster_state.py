@@ -26,6 +26,14 @@ class Skeleton:
         """A state return dict."""
         return {"name": name, "result": result, "comment": comment, "changes": changes or {}}
 
+    def not_a_hypervisor(self, name, view):
+        """A return for a hypervisor-only state on a management-only node, else None."""
+        me = view["self"]
+        if me.get("hypervisor", True):
+            return None
+        return self.ret(name, True, f"{me['name']} is a management node, not a hypervisor "
+                        "(roles): nothing to do here")
+
     def converge(self, name, test, diff, apply, verify=None, ok="compliant", planned="would change",
                  done="changed"):
         """

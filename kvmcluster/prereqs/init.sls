@@ -16,6 +16,7 @@ kvmcluster-prereqs-preflight-checked:
 kvmcluster-prereqs-pkgs-installed:
   kvmcluster_packages.installed:
     - pkgs: {{ mapdata.pkgs.kvm | json }}
+    - hypervisor_only: true
     - require:
       - kvmcluster_preflight: kvmcluster-prereqs-preflight-checked
 

@@ -30,6 +30,7 @@ PROVIDERS = {
     "restorecon": {"Debian": "policycoreutils", "RedHat": "policycoreutils"},
     "setsebool": {"Debian": "policycoreutils", "RedHat": "policycoreutils"},
     "getsebool": {"Debian": "selinux-utils", "RedHat": "libselinux-utils"},
+    "visudo": {"Debian": "sudo", "RedHat": "sudo"},
     # Run only where `firewall-cmd --state` says firewalld runs.
     "firewall-cmd": {"Debian": "firewalld", "RedHat": "firewalld"},
 }
@@ -46,7 +47,7 @@ GROUP = {
     "ping": "kvm", "exportfs": "nfs_server", "nmcli": "network:networkmanager",
     "netplan": "network:netplan", "ifup": "network:ifupdown|network:ifcfg",
     "ifdown": "network:ifupdown|network:ifcfg", "semanage": "selinux",
-    "restorecon": "selinux", "setsebool": "selinux", "getsebool": "selinux",
+    "restorecon": "selinux", "visudo": "account", "setsebool": "selinux", "getsebool": "selinux",
 }
 CONDITIONAL = {"firewall-cmd"}
 

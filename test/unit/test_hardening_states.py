@@ -367,7 +367,8 @@ def test_binding_is_built_into_a_virtualenv_minion(monkeypatch):
 def test_binding_on_the_system_python_is_never_pip_installed(monkeypatch):
     monkeypatch.setattr(lv_state, "_pip_argv", lambda: None)
     lv_state.__salt__ = {"cmd.run_all": lambda argv, **kw: {"retcode": 1, "stdout": "",
-                                                            "stderr": ""}}
+                                                            "stderr": ""},
+                         "kvmcluster_model.current": lambda: view("kvm02")}
     lv_state.__utils__ = UTILS
     lv_state.__opts__ = {"test": False}
     ret = lv_state.python_binding("b")
@@ -443,3 +444,13 @@ def test_pip_is_chosen_by_the_minions_python(monkeypatch, exe, prefix, base, sal
                         lambda p, mode: salt_pip and p == "/opt/saltstack/salt/salt-pip")
     monkeypatch.setattr(lv_state.os.path, "realpath", lambda p: p)
     assert lv_state._pip_argv() == expect
+
+
+def test_management_node_opens_dns_and_dhcp_only():
+    want = fw_mod.wanted(view("mgmt01"))
+    assert want == ['rule family="ipv4" source address="172.30.10.0/24" service name="dns" '
+                    'accept', 'rule family="ipv4" service name="dhcp" accept']
+    # No hypervisor opens anything to a management-only node, and none opens DNS.
+    for node in ("kvm01", "kvm02"):
+        rules = fw_mod.wanted(view(node))
+        assert not any('"172.30.10.11"' in r or 'name="dns"' in r for r in rules), rules

@@ -212,14 +212,16 @@ def test_boot_guard_state(test):
         calls.append(install)
         return {"installed": install, "enabled": install}
 
-    state.__salt__, state.__opts__ = {"kvmcluster_nettxn.boot_guard": guard}, {"test": test}
+    state.__salt__ = {"kvmcluster_nettxn.boot_guard": guard,
+                      "kvmcluster_model.current": lambda: VIEW}
+    state.__opts__ = {"test": test}
     got = state.boot_guard("boot-guard")
     assert got["changes"] == {"installed": {"old": False, "new": True},
                               "enabled": {"old": False, "new": True}}
     assert got["result"] is (None if test else True)
     assert calls == ([False] if test else [False, True])
     state.__salt__ = {"kvmcluster_nettxn.boot_guard": lambda install=False: {
-        "installed": True, "enabled": True}}
+        "installed": True, "enabled": True}, "kvmcluster_model.current": lambda: VIEW}
     assert state.boot_guard("boot-guard")["changes"] == {}
 
 

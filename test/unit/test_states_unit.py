@@ -8,7 +8,7 @@ from unittest.mock import MagicMock
 
 import pytest
 
-from kvmtestlib import SEED_PILLAR, formula_values, load_module
+from kvmtestlib import SEED_PILLAR, formula_values, load_module, utils_dunder
 
 model = load_module("_modules", "kvmcluster_model")
 pool_state = load_module("_states", "kvmcluster_pool")
@@ -33,6 +33,7 @@ def configure_loader_modules(pool_describe):
                          "kvmcluster_pool.describe": pool_describe,
                          "kvmcluster_pool.ensure": MagicMock(return_value=["defined"])},
             "__opts__": {"test": False},
+            "__utils__": utils_dunder(),
         },
         model_state: {"__salt__": {}, "__opts__": {"test": False}},
     }
