@@ -967,3 +967,32 @@ def current():
         raise CommandExecutionError("the kvmcluster model was not loaded in this run; include "
                                     "kvmcluster.model (state kvmcluster-model-validated) first")
     return __context__[CONTEXT_KEY]
+
+
+def roster(parameters=None, priv=None, user=None):
+    """
+    A salt-ssh roster for the nodes of the model, so the operator keeps one list: host = the
+    node's address, user = the model's account (or ``user``), with sudo when that is not
+    root, and ``set_path`` so that sudo finds the system tools. The model is validated first.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call --local kvmcluster_model.roster --out=yaml > /etc/salt/roster
+        salt-call --local kvmcluster_model.roster priv=/root/.ssh/kvmcluster --out=yaml
+    """
+    model, errors = build(__pillar__.get(ROOT, {}), _defaults(parameters))
+    if errors:
+        raise CommandExecutionError(format_errors(errors))
+    login = user or model["account"]["name"] or "root"
+    out = {}
+    for name, node in sorted(model["nodes"].items()):
+        entry = {"host": node["ip"], "user": login,
+                 "set_path": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        if login != "root":
+            entry["sudo"] = True
+        if priv:
+            entry["priv"] = priv
+        out[name] = entry
+    return out

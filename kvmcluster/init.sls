@@ -5,6 +5,7 @@ include:
   - .prereqs
   - .libvirt
   - .firewall
+  - .dns
   - .storage
   - .nfs
   - .network

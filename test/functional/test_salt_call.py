@@ -14,7 +14,7 @@ from kvmtestlib import REPO, SEED_PILLAR
 SALT_CALL = str(Path(sys.executable).parent / "salt-call")
 
 STATES = [
-    "kvmcluster_account.present", "kvmcluster_firewall.managed",
+    "kvmcluster_account.present", "kvmcluster_dns.served", "kvmcluster_firewall.managed",
     "kvmcluster_libvirt.config_managed", "kvmcluster_libvirt.python_binding",
     "kvmcluster_libvirt.restarted", "kvmcluster_libvirt.running",
     "kvmcluster_libvirt.sockets_managed", "kvmcluster_model.validated",

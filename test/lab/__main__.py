@@ -23,6 +23,8 @@ def main(argv=None):
     p_up = sub.add_parser("up", help="build the image once, start the nodes")
     p_up.add_argument("--nodes", type=int, default=3, help="container nodes (default 3)")
     p_up.add_argument("--vms", type=int, default=0, help="VM nodes (own kernel) after them")
+    p_up.add_argument("--management", type=int, default=0,
+                      help="management nodes (dnsmasq DNS/DHCP), mgmt01 at .12 on")
     p_up.add_argument("--backends", default="",
                       help="per node, in order: ifupdown, networkmanager or netplan "
                            "(comma-separated; default ifupdown)")
@@ -54,7 +56,8 @@ def main(argv=None):
         bad = [b for b in backends if b not in netprep.BACKENDS]
         if bad:
             ap.error(f"unknown backend(s) {', '.join(bad)}; valid: {', '.join(netprep.BACKENDS)}")
-        control.up(a.nodes, a.vms, with_master=a.master, backends=backends)
+        control.up(a.nodes, a.vms, with_master=a.master, backends=backends,
+                   management=a.management)
     elif a.cmd == "down":
         control.down()
     elif a.cmd == "status":

@@ -76,7 +76,7 @@ def wait_port(ip, port, deadline):
 
 # ---- up -----------------------------------------------------------------------------
 
-def up(containers=3, vms=0, timeout=None, with_master=False, backends=()):
+def up(containers=3, vms=0, timeout=None, with_master=False, backends=(), management=0):
     t0 = time.monotonic()
     state = load_state()
     if state and same_process(state.get("supervisor")):
@@ -87,7 +87,7 @@ def up(containers=3, vms=0, timeout=None, with_master=False, backends=()):
         down()
     image.build()
     image.lab_files(image.rootfs())
-    rack = spec.make(containers, vms, backends)
+    rack = spec.make(containers, vms, backends, management)
     say(f"network: lab bridge {net.BRIDGE} in namespace {net.SWITCH}, subnet {net.SUBNET}")
     net.create_switch()
     save_state({"spec": [n.to_dict() for n in rack], "mounts": [], "children": {},

@@ -17,9 +17,14 @@ VENV_BIN = paths.REPO_ROOT / ".venv" / "bin"
 ROLLBACK_TIMEOUT = 30
 
 
+SUBNET_BASE = net.SUBNET.rsplit(".", 1)[0]
+# The lab's DHCP guest (a static lease from the management node).
+TINY_MAC = "52:54:00:7e:00:01"
+
+
 def lab_pillar(nodes):
     """The lab's cluster, in the formula's pillar schema."""
-    return {
+    pillar = {
         "kvmcluster": {
             "domain": "lab.kvmcluster.test",
             "subnets": [net.SUBNET],
@@ -42,10 +47,21 @@ def lab_pillar(nodes):
             "gateway6": net.GATEWAY6,
             "nodes": {
                 n.name: {"ip": f"{n.ip}/{net.PREFIXLEN}", "nic": "eth0",
-                         "ip6": f"{net.ip6_of(n.ip)}/{net.PREFIXLEN6}"} for n in nodes
+                         "ip6": f"{net.ip6_of(n.ip)}/{net.PREFIXLEN6}",
+                         **({"roles": list(n.roles)} if n.roles else {})} for n in nodes
             },
         }
     }
+    mgmt = [n for n in nodes if "management" in n.roles]
+    if mgmt:
+        # The management node(s) serve DNS and DHCP: the nodes resolve through them. No
+        # upstream: the lab has no route to any other resolver.
+        pillar["kvmcluster"]["dns_servers"] = [n.ip for n in mgmt]
+        pillar["kvmcluster"]["dns"] = {"upstream": [], "records": {"labgw": net.GATEWAY}}
+        pillar["kvmcluster"]["dhcp"] = {"range": [f"{SUBNET_BASE}.200", f"{SUBNET_BASE}.219"],
+                                        "hosts": {"tiny-dhcp": {"mac": TINY_MAC,
+                                                                "ip": f"{SUBNET_BASE}.101"}}}
+    return pillar
 
 
 UNRELATED_SLS = """lab-unrelated-file-managed:

@@ -13,6 +13,7 @@ from kvmtestlib import REPO
 PROVIDERS = {
     "ip": {"Debian": "iproute2", "RedHat": "iproute"},
     "bridge": {"Debian": "iproute2", "RedHat": "iproute"},
+    "ss": {"Debian": "iproute2", "RedHat": "iproute"},
     "systemctl": {"Debian": "systemd", "RedHat": "systemd"},
     "systemd-run": {"Debian": "systemd", "RedHat": "systemd"},
     "networkctl": {"Debian": "systemd", "RedHat": "systemd"},
@@ -88,7 +89,7 @@ def test_every_command_run_is_known():
     unknown = _run_heads() - set(PROVIDERS)
     assert not unknown, f"record the package of {sorted(unknown)} in PROVIDERS"
     assert {"semanage", "restorecon", "getsebool", "setsebool", "exportfs", "nmcli",
-            "ip", "systemctl"} <= commands_in_source()
+            "ip", "systemctl", "ss", "visudo"} <= commands_in_source()
 
 
 @pytest.mark.parametrize("family", ["Debian", "RedHat"])

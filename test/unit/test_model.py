@@ -137,3 +137,17 @@ def test_valid_models_build(pillar):
     for nid, n in built["nodes"].items():
         assert n["address"] == pillar["nodes"][nid]["ip"]
         assert n["bridge"]["mtu"] == n["port"]["mtu"]
+
+
+def test_roster_from_the_model():
+    model.__pillar__ = {"kvmcluster": SEED_PILLAR["kvmcluster"]}
+    got = model.roster(parameters=formula_values(), priv="/root/.ssh/kvm")
+    assert sorted(got) == ["kvm01", "kvm02", "kvm03", "mgmt01", "mgmt02"]
+    assert got["kvm02"] == {"host": "172.30.10.42", "user": "kvmadmin", "sudo": True,
+                            "priv": "/root/.ssh/kvm",
+                            "set_path": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    assert model.roster(parameters=formula_values(), user="root")["mgmt01"] == {
+        "host": "172.30.10.11", "user": "root", "set_path": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    model.__pillar__ = {"kvmcluster": {"nodes": {"kvm01": {"ip": "x"}}}}
+    with pytest.raises(model.CommandExecutionError, match="kvmcluster:nodes:kvm01:ip"):
+        model.roster(parameters=formula_values())
