@@ -30,17 +30,85 @@ def _newc(entries):
     return bytes(out)
 
 
-def initrd():
+def _busybox():
     deb = next(image.repo_dir().glob("busybox-static_*.deb"))
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(["dpkg-deb", "-x", str(deb), tmp], check=True)
-        busybox = (Path(tmp) / "bin/busybox").read_bytes()
+        return (Path(tmp) / "bin/busybox").read_bytes()
+
+
+def initrd():
     d, f = 0o040755, 0o100755
     return _newc([
         ("bin", d, b"", (0, 0)), ("dev", d, b"", (0, 0)), ("proc", d, b"", (0, 0)),
         ("dev/console", 0o020600, b"", (5, 1)),
-        ("bin/busybox", f, busybox, (0, 0)), ("init", f, INIT.encode(), (0, 0)),
+        ("bin/busybox", f, _busybox(), (0, 0)), ("init", f, INIT.encode(), (0, 0)),
     ])
+
+
+# A guest that asks for its address by DHCP on its virtio NIC and prints the lease.
+LEASE_MARKER = "KVMCLUSTER-LEASE"
+VIRTIO_NET = ["virtio", "virtio_ring", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
+              "virtio_pci", "failover", "net_failover", "virtio_net"]
+DHCP_INIT = f"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+for m in {' '.join(VIRTIO_NET)}; do insmod /lib/modules/$m.ko 2>/dev/null; done
+ip link set lo up
+ip link set eth0 up
+udhcpc -i eth0 -q -n -t 20 -T 2 -O hostname -O domain -s /bin/lease || echo "{LEASE_MARKER} none"
+echo "{MARKER} dhcp done"
+poweroff -f
+"""
+LEASE_SCRIPT = f"""#!/bin/sh
+case "$1" in
+  bound|renew) echo "{LEASE_MARKER} ip=$ip mask=$subnet router=$router dns=$dns name=$hostname domain=$domain serverid=$serverid" ;;
+esac
+"""
+
+
+def dhcp_initrd():
+    """A busybox initrd with the kernel's virtio-net modules (from the node image's kernel)
+    whose init leases an address by DHCP and prints it on the console."""
+    mods = next((image.rootfs() / "lib/modules").iterdir())
+    paths = {m: next(mods.rglob(f"{m}.ko")) for m in VIRTIO_NET}
+    d, f = 0o040755, 0o100755
+    entries = [("bin", d, b"", (0, 0)), ("dev", d, b"", (0, 0)), ("proc", d, b"", (0, 0)),
+               ("sys", d, b"", (0, 0)), ("lib", d, b"", (0, 0)), ("lib/modules", d, b"", (0, 0)),
+               ("dev/console", 0o020600, b"", (5, 1)),
+               ("bin/busybox", f, _busybox(), (0, 0)), ("init", f, DHCP_INIT.encode(), (0, 0)),
+               ("bin/lease", f, LEASE_SCRIPT.encode(), (0, 0))]
+    entries += [(f"lib/modules/{m}.ko", 0o100644, p.read_bytes(), (0, 0))
+                for m, p in paths.items()]
+    return _newc(entries)
+
+
+def dhcp_domain_xml(name, mac, bridge, kernel, initrd_path, console_log):
+    return f"""<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>192</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{kernel}</kernel>
+    <initrd>{initrd_path}</initrd>
+    <cmdline>console=ttyS0 panic=-1</cmdline>
+  </os>
+  <on_reboot>destroy</on_reboot>
+  <devices>
+    <interface type='bridge'>
+      <mac address='{mac}'/>
+      <source bridge='{bridge}'/>
+      <model type='virtio'/>
+    </interface>
+    <serial type='file'>
+      <source path='{console_log}'/>
+      <target port='0'/>
+    </serial>
+  </devices>
+</domain>
+"""
 
 
 def domain_xml(name, pool, volume, kernel, initrd_path, console_log):

@@ -10,6 +10,7 @@ import tempfile
 SRC = pathlib.Path(__file__).resolve().parents[2]
 ENGINE = ("_modules/kvmcluster_nettxn.py", "test/unit/test_nettxn_engine.py")
 HARDENING = "test/unit/test_hardening_states.py"
+MANAGEMENT = "test/unit/test_management_states.py"
 NETTXN = {
     "_restore does nothing": ("def _restore(txn, spec):\n", "def _restore(txn, spec):\n    return\n"),
     "confirm leaves the timer armed": ("        _stop_timers(t)\n        t.set_phase(\"confirmed\", \"confirmed by the management node\"",
@@ -44,6 +45,25 @@ MUTS.update({
         "_states/kvmcluster_libvirt.py", HARDENING,
         "    return None  # the system's Python",
         "    return [sys.executable, \"-m\", \"pip\", \"install\"]  # the system's Python"),
+    "sudoers installed without the visudo check": (
+        "_states/kvmcluster_account.py", MANAGEMENT,
+        "        if not ok:\n            raise _skeleton().Refused(f\"visudo refuses",
+        "        if False:\n            raise _skeleton().Refused(f\"visudo refuses"),
+    "a key removed from pillar stays": (
+        "_states/kvmcluster_account.py", MANAGEMENT,
+        "        del lines[start:end + 1]\n", "        pass\n"),
+    "the site's own keys are dropped": (
+        "_states/kvmcluster_account.py", MANAGEMENT,
+        "    lines = [ln for ln in lines if _key_id(ln) not in ours",
+        "    lines = [ln for ln in [] if _key_id(ln) not in ours"),
+    "dnsmasq on the wildcard": (
+        "_modules/kvmcluster_dns.py", MANAGEMENT,
+        "             \"bind-interfaces\", *[f\"listen-address={a}\" for a in _addresses(me)],",
+        "             \"bind-interfaces\","),
+    "a record change restarts dnsmasq": (
+        "_states/kvmcluster_dns.py", MANAGEMENT,
+        "        if \"service\" in changes or paths[\"conf\"] in changes:",
+        "        if True:"),
 })
 rows = []
 for name, (path, tests, old, new) in MUTS.items():
