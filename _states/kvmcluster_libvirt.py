@@ -196,7 +196,10 @@ def _units(service, sockets):
 
 def running(name, service, sockets=(), started_by_package=False):
     """
-    The daemon ``service`` and its ``sockets`` are enabled and active under systemd.
+    The daemon ``service`` and its ``sockets`` are enabled and active under systemd. An
+    enabled daemon whose sockets all listen counts as running: the first client starts it
+    (and it starts at boot, for autostarted guests); any libvirt client, a read-only one
+    under test=True included, would otherwise change what this state sees.
 
     name
         Any; reported back.
@@ -229,7 +232,10 @@ def running(name, service, sockets=(), started_by_package=False):
                 ret.update(result=False, comment=f"unit {unit} does not exist (is libvirt "
                            "installed?)")
                 return ret
-            if st["enabled"] not in ("enabled", "static", "indirect", "alias") or not st["active"]:
+            on_demand = unit == service and not st["active"] and sockets and all(
+                __salt__["kvmcluster_node.unit_state"](u)["active"] for u in sockets)
+            if st["enabled"] not in ("enabled", "static", "indirect", "alias") or not (
+                    st["active"] or on_demand):
                 plan[unit] = {"old": st["label"],
                               "new": "enabled/active"}
     except Exception as exc:  # pylint: disable=broad-except
