@@ -80,17 +80,19 @@ def test_dnsmasq_listens_on_the_model_addresses_only(mgmt_lab, converged):  # no
 
 
 def test_nodes_resolve_through_the_management_node(mgmt_lab, converged):  # noqa: ARG001
-    for n in HYPERVISORS:
+    for n, peer in (("kvm01", "kvm02"), ("kvm02", "kvm01")):
         assert mgmt_lab.ssh(n, "grep ^nameserver /etc/resolv.conf").split() == [
             "nameserver", "172.30.10.12"]
-        assert "kvm02" not in mgmt_lab.ssh(n, "cat /etc/hosts")  # not from /etc/hosts
-        fwd = mgmt_lab.ssh(n, f"getent ahostsv4 kvm02.{DOMAIN} | head -1").split()
-        assert fwd[0] == "172.30.10.42", fwd
-        rev = mgmt_lab.ssh(n, "getent hosts 172.30.10.42").split()
-        assert rev[:2] == ["172.30.10.42", f"kvm02.{DOMAIN}"], rev
-        six = mgmt_lab.ssh(n, f"getent ahostsv6 kvm01.{DOMAIN} | head -1").split()
-        assert six[0] == "fd00:30:10::41", six
+        assert peer not in mgmt_lab.ssh(n, "cat /etc/hosts")  # not from /etc/hosts
+        ip = mgmt_lab.ip[peer]
+        fwd = mgmt_lab.ssh(n, f"getent ahostsv4 {peer}.{DOMAIN} | head -1").split()
+        assert fwd[0] == ip, fwd
+        rev = mgmt_lab.ssh(n, f"getent hosts {ip}").split()
+        assert rev[:2] == [ip, f"{peer}.{DOMAIN}"], rev
+        six = mgmt_lab.ssh(n, f"getent ahostsv6 {peer}.{DOMAIN} | head -1").split()
+        assert six[0] == net.ip6_of(ip), six
         assert mgmt_lab.ssh(n, f"getent hosts labgw.{DOMAIN}").split()[0] == net.GATEWAY
+        print(f"on {n}: {peer}.{DOMAIN} -> {fwd[0]}, {six[0]}; {ip} -> {rev[1]}")
 
 
 def test_guest_gets_its_static_lease_from_the_management_node(mgmt_lab, converged):  # noqa: ARG001

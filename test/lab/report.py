@@ -97,7 +97,7 @@ def info():
 
 def demo():
     t0 = time.monotonic()
-    control.up()
+    control.up(management=1)
     print(f"\n== salt-ssh '*' state.apply kvmcluster  (from the management namespace "
           f"{net.CONTROLLER}, {net.MGMT_IP})", flush=True)
     t1 = time.monotonic()
@@ -113,7 +113,8 @@ def demo():
         print(f"  {node}: succeeded={ok} changed={changed or 0} failed={failed}")
     print("\n== the network transaction on each node (no second command was needed)")
     confirmed = 0
-    for n in spec.from_dicts(st["spec"]):
+    hypervisors = [n for n in spec.from_dicts(st["spec"]) if "management" not in n.roles]
+    for n in hypervisors:
         res = subprocess.run(
             ["ip", "netns", "exec", net.CONTROLLER, "ssh", "-i", str(paths.SSH_KEY),
              "-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no",
@@ -122,6 +123,20 @@ def demo():
         last = (json.loads(res.stdout or "[]") or [{}])[-1]
         confirmed += last.get("phase") == "confirmed"
         print(f"  {n.name}: {last.get('phase', 'none')} ({last.get('detail', '')[:110]})")
+    print("\n== names from the management node (dnsmasq on mgmt01), asked on each hypervisor")
+    domain = saltcfg.lab_pillar(spec.from_dicts(st["spec"]))["kvmcluster"]["domain"]
+    resolved = 0
+    for n in hypervisors:
+        peer = next(h for h in hypervisors if h.name != n.name) if len(hypervisors) > 1 else n
+        res = subprocess.run(
+            ["ip", "netns", "exec", net.CONTROLLER, "ssh", "-i", str(paths.SSH_KEY),
+             "-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no",
+             "-o", "LogLevel=ERROR", f"root@{n.ip}",
+             f"getent hosts {peer.name}.{domain}; getent hosts {peer.ip}"],
+            capture_output=True, text=True, timeout=60, check=False)
+        lines = res.stdout.split("\n")
+        resolved += res.returncode == 0 and peer.ip in res.stdout
+        print(f"  on {n.name}: " + " | ".join(" ".join(ln.split()) for ln in lines if ln))
     print(f"  state.apply took {apply_s:.0f}s; demo {time.monotonic() - t0:.0f}s in all")
     print("\n== reach the nodes")
     for n in spec.from_dicts(st["spec"]):
@@ -129,7 +144,8 @@ def demo():
     print(f"  salt-ssh:  make lab ARGS=\"salt '*' test.ping\"   (Saltfile "
           f"{saltcfg.SALT_DIR / 'Saltfile'})")
     print("  stop it:   make lab-down")
-    ok = proc.returncode == 0 and confirmed == len(st["spec"]) and \
+    ok = proc.returncode == 0 and confirmed == len(hypervisors) and \
+        resolved == len(hypervisors) and \
         len(summaries) == len(st["spec"]) and all(f == "0" for *_, f in summaries)
     return 0 if ok else 1
 
