@@ -8,7 +8,6 @@ interfaces away from the other backends' files found on the node, so that exactl
 configuration owns them.
 """
 import configparser
-import io
 import posixpath
 import re
 import shlex

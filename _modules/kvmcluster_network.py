@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 
 try:
     from salt.exceptions import CommandExecutionError

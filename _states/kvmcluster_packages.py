@@ -16,10 +16,6 @@ def _skeleton():
     return __utils__["kvmcluster_state.skeleton"]()
 
 
-def _skeleton():
-    return __utils__["kvmcluster_state.skeleton"]()
-
-
 def installed(name, pkgs, install_recommends=True, hypervisor_only=False):
     """
     ``pkgs`` are installed (any version; upgrades are the site's package policy).

@@ -7,30 +7,6 @@ import shlex
 from lab import guest
 from lab.report import summarize
 
-GUEST_PY = r"""
-import json, sys, time, libvirt
-spec = json.load(sys.stdin)
-c = libvirt.open("qemu:///system")
-pool = c.storagePoolLookupByName("default")
-vol_xml = ("<volume><name>tiny.img</name><capacity unit='MiB'>16</capacity>"
-           "<target><format type='raw'/></target></volume>")
-vol = pool.createXML(vol_xml, 0)
-dom = c.defineXML(spec["xml"])
-t0 = time.monotonic()
-dom.create()
-log = ""
-while time.monotonic() - t0 < 120:
-    try:
-        log = open(spec["console"]).read()
-    except OSError:
-        pass
-    if spec["marker"] in log:
-        break
-    time.sleep(0.5)
-print(json.dumps({"seconds": round(time.monotonic() - t0, 1), "console": log[-400:],
-                  "disk": vol.path(), "type": dom.XMLDesc(0).split("type='", 1)[1].split("'")[0]}))
-"""
-
 
 def test_tiny_guest_boots_from_the_primary_pool(lab):
     node = "kvm01"
@@ -43,8 +19,9 @@ def test_tiny_guest_boots_from_the_primary_pool(lab):
     console = "/var/log/libvirt/qemu/tiny-console.log"
     xml = guest.domain_xml("tiny", "default", "tiny.img", f"{boot}/tiny-vmlinuz",
                            f"{boot}/tiny-initrd", console)
-    res = lab.ssh(node, "python3 -c " + shlex.quote(GUEST_PY),
-                  input=json.dumps({"xml": xml, "console": console, "marker": guest.MARKER}))
+    res = lab.ssh(node, "python3 -c " + shlex.quote(guest.BOOT_PY),
+                  input=json.dumps({"xml": xml, "console": console, "marker": guest.MARKER,
+                                    "volume": {"pool": "default", "name": "tiny.img"}}))
     out = json.loads(res)
     assert guest.MARKER in out["console"], out
     assert out["disk"] == "/data01/primary/tiny.img"

@@ -104,30 +104,10 @@ def test_guest_gets_its_static_lease_from_the_management_node(mgmt_lab, converge
     console = "/var/log/libvirt/qemu/tiny-dhcp-console.log"
     xml = guest.dhcp_domain_xml("tiny-dhcp", saltcfg.TINY_MAC, "br0", f"{boot}/dhcp-vmlinuz",
                                 f"{boot}/dhcp-initrd", console)
-    script = r"""
-import json, sys, time, libvirt
-spec = json.load(sys.stdin)
-c = libvirt.open("qemu:///system")
-dom = c.defineXML(spec["xml"])
-t0 = time.monotonic()
-dom.create()
-log = ""
-while time.monotonic() - t0 < 180:
-    try:
-        log = open(spec["console"]).read()
-    except OSError:
-        pass
-    if spec["marker"] in log:
-        break
-    time.sleep(0.5)
-if dom.isActive():
-    dom.destroy()
-dom.undefine()
-print(json.dumps({"seconds": round(time.monotonic() - t0, 1), "console": log[-1500:]}))
-"""
-    out = json.loads(mgmt_lab.ssh(node, "python3 -c " + shlex.quote(script), timeout=300,
-                                  input=json.dumps({"xml": xml, "console": console,
-                                                    "marker": guest.MARKER})))
+    out = json.loads(mgmt_lab.ssh(node, "python3 -c " + shlex.quote(guest.BOOT_PY),
+                                  timeout=300, input=json.dumps({
+                                      "xml": xml, "console": console, "marker": guest.MARKER,
+                                      "remove": True})))
     lease = next((ln for ln in out["console"].splitlines()
                   if ln.startswith(guest.LEASE_MARKER)), None)
     print(f"guest console on {node} after {out['seconds']}s: {lease}")

@@ -84,7 +84,8 @@ def dhcp_initrd():
     return _newc(entries)
 
 
-def dhcp_domain_xml(name, mac, bridge, kernel, initrd_path, console_log):
+def _xml(name, kernel, initrd_path, console_log, device):
+    """A direct-kernel TCG guest with one extra device and its serial console in a file."""
     return f"""<domain type='qemu'>
   <name>{name}</name>
   <memory unit='MiB'>192</memory>
@@ -97,11 +98,7 @@ def dhcp_domain_xml(name, mac, bridge, kernel, initrd_path, console_log):
   </os>
   <on_reboot>destroy</on_reboot>
   <devices>
-    <interface type='bridge'>
-      <mac address='{mac}'/>
-      <source bridge='{bridge}'/>
-      <model type='virtio'/>
-    </interface>
+{device}
     <serial type='file'>
       <source path='{console_log}'/>
       <target port='0'/>
@@ -111,28 +108,53 @@ def dhcp_domain_xml(name, mac, bridge, kernel, initrd_path, console_log):
 """
 
 
+def dhcp_domain_xml(name, mac, bridge, kernel, initrd_path, console_log):
+    return _xml(name, kernel, initrd_path, console_log, f"""    <interface type='bridge'>
+      <mac address='{mac}'/>
+      <source bridge='{bridge}'/>
+      <model type='virtio'/>
+    </interface>""")
+
+
 def domain_xml(name, pool, volume, kernel, initrd_path, console_log):
-    return f"""<domain type='qemu'>
-  <name>{name}</name>
-  <memory unit='MiB'>192</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>{kernel}</kernel>
-    <initrd>{initrd_path}</initrd>
-    <cmdline>console=ttyS0 panic=-1</cmdline>
-  </os>
-  <on_reboot>destroy</on_reboot>
-  <devices>
-    <disk type='volume' device='disk'>
+    return _xml(name, kernel, initrd_path, console_log, f"""    <disk type='volume' device='disk'>
       <driver name='qemu' type='raw'/>
       <source pool='{pool}' volume='{volume}'/>
       <target dev='vda' bus='virtio'/>
-    </disk>
-    <serial type='file'>
-      <source path='{console_log}'/>
-      <target port='0'/>
-    </serial>
-  </devices>
-</domain>
+    </disk>""")
+
+
+# Run on a node (python3 -, spec as JSON on stdin): optionally a volume, then define and
+# start the guest, wait (bounded) for the marker on its console, optionally remove it.
+BOOT_PY = r"""
+import json, sys, time, libvirt
+spec = json.load(sys.stdin)
+c = libvirt.open("qemu:///system")
+out = {}
+if spec.get("volume"):
+    pool = c.storagePoolLookupByName(spec["volume"]["pool"])
+    vol = pool.createXML("<volume><name>%s</name><capacity unit='MiB'>16</capacity>"
+                         "<target><format type='raw'/></target></volume>"
+                         % spec["volume"]["name"], 0)
+    out["disk"] = vol.path()
+dom = c.defineXML(spec["xml"])
+out["type"] = dom.XMLDesc(0).split("type='", 1)[1].split("'")[0]
+t0 = time.monotonic()
+dom.create()
+log = ""
+while time.monotonic() - t0 < spec.get("timeout", 180):
+    try:
+        log = open(spec["console"]).read()
+    except OSError:
+        pass
+    if spec["marker"] in log:
+        break
+    time.sleep(0.5)
+out["seconds"] = round(time.monotonic() - t0, 1)
+if spec.get("remove"):
+    if dom.isActive():
+        dom.destroy()
+    dom.undefine()
+out["console"] = log[-1500:]
+print(json.dumps(out))
 """

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import paths
-from .run import out, run, say
+from .run import run, say
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
