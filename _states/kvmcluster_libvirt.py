@@ -391,6 +391,11 @@ def python_binding(name, build_pkgs=(), libvirt_pkg="libvirt0"):
             argv += ["--find-links", cfg["find_links"]]
             if not cfg.get("index_url"):
                 argv.append("--no-index")
+        # An http:// URL in pillar is the operator's choice of a plain-HTTP repository
+        # (an offline site's mirror): pip ignores such a host unless told it is trusted.
+        for url in (cfg.get("index_url"), cfg.get("find_links")):
+            if url and url.startswith("http://"):
+                argv += ["--trusted-host", url.split("/")[2].split(":")[0]]
         res = __salt__["cmd.run_all"](argv, python_shell=False, ignore_retcode=True,
                                       timeout=1800)
         if res["retcode"] != 0:

@@ -29,7 +29,7 @@ def _desired(role):
             return None
         server = view["nodes"][sec["server"]]
         pool = {"name": sec["pool"]["name"], "type": "dir", "target": sec["mountpoint"],
-                "source": None}
+                "source": None, "mounted": True}
         # The server has the export bind-mounted at the mountpoint: a dir pool there.
         if sec["pool"]["type"] == "netfs" and view["self"]["name"] != server["name"]:
             pool.update(type="netfs", source={"host": server["ip"], "dir": sec["export_path"],
@@ -46,7 +46,9 @@ def _diff(want, cur):
         for key in ("type", "target", "source"):
             if cur.get(key) != want[key]:
                 changes[key] = {"old": cur.get(key), "new": want[key]}
-    if want["type"] == "dir" and not os.path.isdir(want["target"]):
+    # The secondary storage's mountpoint is made by the mount state before this one runs:
+    # only the primary pool's directory is this state's to build (and to predict).
+    if want["type"] == "dir" and not want.get("mounted") and not os.path.isdir(want["target"]):
         changes["built"] = {"old": False, "new": True}
     if not cur.get("active"):
         changes["active"] = {"old": bool(cur.get("active")), "new": True}

@@ -203,7 +203,7 @@ for pool_name in ("default", "secondary"):
       <vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os>
       <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
       <source file='{vol.path()}'/><target dev='vda' bus='virtio'/></disk>
-      <graphics type='none'/><console type='pty'/></devices></domain>''')
+      <console type='pty'/></devices></domain>''')
     dom.create()
     time.sleep(3)
     pid = int(open(f"/run/libvirt/qemu/{name}.pid").read())

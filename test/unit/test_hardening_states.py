@@ -360,7 +360,8 @@ def test_binding_is_built_into_a_virtualenv_minion(monkeypatch):
     assert set(real["changes"]["packages"]) == set(build)
     assert state["argv"] == ["/venv/bin/python", "-m", "pip", "install", "--no-cache-dir",
                              "libvirt-python==9.0.0", "--find-links",
-                             "http://172.30.10.1:8080/python/", "--no-index"]
+                             "http://172.30.10.1:8080/python/", "--no-index",
+                             "--trusted-host", "172.30.10.1"]
     assert lv_state.python_binding("b", build_pkgs=build)["changes"] == {}
 
 
