@@ -455,3 +455,26 @@ def test_management_node_opens_dns_and_dhcp_only():
     for node in ("kvm01", "kvm02"):
         rules = fw_mod.wanted(view(node))
         assert not any('"172.30.10.11"' in r or 'name="dns"' in r for r in rules), rules
+
+
+@pytest.mark.parametrize("active,expect", [
+    ({"ufw.service"}, "ufw.service runs, not firewalld"),
+    ({"nftables.service"}, "nftables.service runs, not firewalld"),
+    (set(), None),
+])
+def test_preflight_names_the_ports_where_another_firewall_runs(active, expect):
+    pre = load_module("_states", "kvmcluster_preflight")
+    pre.__salt__ = {
+        "kvmcluster_firewall.running": lambda: False,
+        "kvmcluster_firewall.wanted": fw_mod.wanted,
+        "kvmcluster_node.unit_state": lambda u: {"active": u in active},
+    }
+    got = pre._other_firewall(view("kvm01"))
+    if expect is None:
+        assert got is None
+        return
+    assert got.startswith(expect)
+    assert "2049/tcp from 172.30.10.42" in got and "20048/tcp+udp from 172.30.10.43" in got
+    assert "49152-49215/tcp from 172.30.10.42" in got
+    mgmt = pre._other_firewall(view("mgmt01"))
+    assert "53/tcp+udp from 172.30.10.0/24" in mgmt and "67/udp from anywhere" in mgmt

@@ -215,3 +215,19 @@ def test_keys_removed_from_pillar_leave_the_node_site_keys_stay():
     migrated = account._keys_text(SITE + "\n" + KEY_A + "\n", [KEY_A])
     assert migrated.splitlines() == [SITE, account.BEGIN, KEY_A, account.END]
     assert account._keys_text(migrated, [KEY_A]) == migrated
+
+
+SS_OUT = """udp UNCONN 0      0          172.30.10.12:53 0.0.0.0:* users:(("dnsmasq",pid=724,fd=6))
+udp UNCONN 0      0      [fd00:30:10::12]:53    [::]:* users:(("dnsmasq",pid=724,fd=8))
+tcp LISTEN 0      32         172.30.10.12:53 0.0.0.0:* users:(("dnsmasq",pid=724,fd=7))
+tcp LISTEN 0      32     [fe80::1%br0]:53    [::]:* users:(("dnsmasq",pid=724,fd=9))
+"""
+
+
+def test_listening_addresses_from_ss():
+    # Recorded on the lab's management node (iproute2 6.1).
+    seen = []
+    dns_mod.__salt__ = {"cmd.run_all": lambda argv, **kw: seen.append(argv) or {
+        "retcode": 0, "stdout": SS_OUT, "stderr": ""}}
+    assert dns_mod.listening(53) == ["172.30.10.12", "fd00:30:10::12", "fe80::1"]
+    assert seen == [["ss", "-H", "-l", "-n", "-t", "-u", "sport = :53"]]

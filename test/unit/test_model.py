@@ -151,3 +151,18 @@ def test_roster_from_the_model():
     model.__pillar__ = {"kvmcluster": {"nodes": {"kvm01": {"ip": "x"}}}}
     with pytest.raises(model.CommandExecutionError, match="kvmcluster:nodes:kvm01:ip"):
         model.roster(parameters=formula_values())
+
+
+def test_pillar_render_errors_come_first():
+    model.__pillar__ = {"_errors": ["Rendering SLS 'kvmcluster' failed: mapping values are "
+                                    "not allowed here; line 7"],
+                        "kvmcluster": {"nodes": {}}}
+    model.__context__ = {}
+    got = model.validate(parameters=formula_values())
+    assert got["valid"] is False and got["errors"] == [
+        "[cluster] pillar: did not render, fix it first: \"Rendering SLS 'kvmcluster' failed: "
+        "mapping values are not allowed here; line 7\""]
+    assert model.__context__["retcode"] == 1
+    model.__grains__ = {"id": "kvm02", "os_family": "Debian"}
+    with pytest.raises(model.CommandExecutionError, match="did not render"):
+        model.load(formula_values())
