@@ -8,7 +8,8 @@ tiers=(${tiers[@]})
 declare -A dirs=([unit]=test/unit [functional]=test/functional [lab]=test/integration)
 rc=0
 summary=()
-rm -f /tmp/kvmcluster-lab-timings.jsonl /tmp/kvmcluster-lab-network-test-mode.txt
+rm -f /tmp/kvmcluster-lab-timings.jsonl /tmp/kvmcluster-lab-network-test-mode.txt \
+  /tmp/kvmcluster-module-times.txt /tmp/kvmcluster-lab-shown.txt
 for tier in "${tiers[@]}"; do
   start=$(date +%s)
   echo "== tier: $tier"
@@ -22,6 +23,14 @@ for tier in "${tiers[@]}"; do
 done
 echo "== tiers"
 printf '  %s\n' "${summary[@]}"
+if [ -s /tmp/kvmcluster-module-times.txt ]; then
+  echo "== time per test module (fixtures included)"
+  sed 's/^/  /' /tmp/kvmcluster-module-times.txt
+fi
+if [ -s /tmp/kvmcluster-lab-shown.txt ]; then
+  echo "== shown by the lab tests"
+  cat /tmp/kvmcluster-lab-shown.txt
+fi
 if [ -s /tmp/kvmcluster-lab-timings.jsonl ]; then
   echo "== lab timings"
   sed 's/^/  /' /tmp/kvmcluster-lab-timings.jsonl

@@ -89,3 +89,13 @@ def record_timing(what, seconds):
 
     with open(TIMINGS_FILE, "a", encoding="utf-8") as fh:
         fh.write(json.dumps({"what": what, "seconds": round(seconds, 1)}) + "\n")
+
+
+SHOWN_FILE = "/tmp/kvmcluster-lab-shown.txt"
+
+
+def show(title, text):
+    """Keep what an issue asks to see (rules, listeners, leases) for the tier's summary."""
+    with open(SHOWN_FILE, "a", encoding="utf-8") as fh:
+        fh.write(f"-- {title}\n" + "\n".join(f"   {ln}" for ln in str(text).splitlines())
+                 + "\n")

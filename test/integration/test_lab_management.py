@@ -11,7 +11,7 @@ import pytest
 
 from lab import control, guest, net, paths, saltcfg
 from lab.report import summarize
-from labtest import Lab, record_timing
+from labtest import Lab, record_timing, show
 
 HYPERVISORS = ["kvm01", "kvm02"]
 MGMT = "mgmt01"
@@ -55,7 +55,7 @@ def test_one_apply_converges_and_test_mode_said_so(converged):
     shown = json.dumps(predicted[MGMT][next(k for k in predicted[MGMT]
                                             if "kvmcluster-dns-served" in k)]["changes"]
                        ["/etc/kvmcluster/dnsmasq/hosts"], indent=1)
-    print(f"test=True on {MGMT}, records:\n{shown}")
+    show(f"test=True on {MGMT}: the records dnsmasq would serve", shown)
 
 
 def test_management_node_is_no_hypervisor(mgmt_lab, converged):
@@ -72,7 +72,7 @@ def test_management_node_is_no_hypervisor(mgmt_lab, converged):
 
 def test_dnsmasq_listens_on_the_model_addresses_only(mgmt_lab, converged):  # noqa: ARG001
     out = mgmt_lab.ssh(MGMT, "ss -H -lnpt -u 'sport = :53'")
-    print(f"ss -lnptu on {MGMT} (port 53):\n{out}")
+    show(f"ss -lnptu on {MGMT}, port 53", out)
     local = sorted({ln.split()[4] for ln in out.splitlines()})
     assert local == ["172.30.10.12:53", "[fd00:30:10::12]:53"], out
     assert all("dnsmasq" in ln for ln in out.splitlines())
@@ -92,7 +92,8 @@ def test_nodes_resolve_through_the_management_node(mgmt_lab, converged):  # noqa
         six = mgmt_lab.ssh(n, f"getent ahostsv6 {peer}.{DOMAIN} | head -1").split()
         assert six[0] == net.ip6_of(ip), six
         assert mgmt_lab.ssh(n, f"getent hosts labgw.{DOMAIN}").split()[0] == net.GATEWAY
-        print(f"on {n}: {peer}.{DOMAIN} -> {fwd[0]}, {six[0]}; {ip} -> {rev[1]}")
+        show(f"resolved on {n} through {MGMT}",
+             f"{peer}.{DOMAIN} -> {fwd[0]}, {six[0]}; {ip} -> {rev[1]}")
 
 
 def test_guest_gets_its_static_lease_from_the_management_node(mgmt_lab, converged):  # noqa: ARG001
@@ -110,7 +111,7 @@ def test_guest_gets_its_static_lease_from_the_management_node(mgmt_lab, converge
                                       "remove": True})))
     lease = next((ln for ln in out["console"].splitlines()
                   if ln.startswith(guest.LEASE_MARKER)), None)
-    print(f"guest console on {node} after {out['seconds']}s: {lease}")
+    show(f"DHCP guest on {node} (console, {out['seconds']} s after start)", lease)
     assert lease is not None, out["console"]
     fields = dict(f.split("=", 1) for f in lease.split()[1:] if "=" in f)
     assert fields["ip"] == "172.30.10.101" and fields["name"] == "tiny-dhcp", lease

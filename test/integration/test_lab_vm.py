@@ -10,7 +10,7 @@ import pytest
 from lab import control, net
 from lab.report import summarize
 
-from labtest import Lab, record_timing
+from labtest import Lab, record_timing, show
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,8 @@ def test_secondary_storage_over_nfs(vm_lab):
     assert rich_rules(vm_lab, "kvm02") == [mig.format("172.30.10.41")]
     for node in ("kvm01", "kvm02"):
         assert rich_rules(vm_lab, node, permanent=True) == rich_rules(vm_lab, node)
-        print(f"{node} firewalld public zone:\n  " + "\n  ".join(rich_rules(vm_lab, node)))
+        show(f"firewalld on {node} (VM node), zone public, runtime = permanent",
+             "\n".join(rich_rules(vm_lab, node)))
     # Through the firewall: NFS connects, a port nobody opened is rejected by firewalld.
     assert tcp_probe(vm_lab, "kvm02", "172.30.10.41", 2049) == "connected"
     assert tcp_probe(vm_lab, "kvm02", "172.30.10.41", 16514) == "No route to host"
@@ -230,5 +231,8 @@ def test_apparmor_guests_start_without_a_global_rule(vm_lab):
         assert g["active"] == 1 and g["disk_open"], (pool_name, g)
         assert g["label"].startswith("libvirt-") and g["label"].endswith("(enforce)"), g
         assert "apparmor" in g["seclabel"], g
+    show("AppArmor guests on kvm02 (no pool-wide rule)",
+         "\n".join(f"{p}: active={g['active']} disk={g['path']} label={g['label']}"
+                   for p, g in sorted(got.items())))
     assert got["secondary"]["path"].startswith("/mnt/secondary/")
     assert got["default"]["path"].startswith("/data01/primary/")
