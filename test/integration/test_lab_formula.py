@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import time
+from pathlib import Path
 
 from lab import net, paths, report, saltcfg
 from lab.report import CONFIRMS, summarize
@@ -221,13 +222,17 @@ def test_failed_preflight_stops_kvmcluster_not_the_highstate(lab):
         assert r["comment"].startswith("One or more requisite failed"), (sid, r["comment"])
 
 
-def test_make_lab_ssh_runs_every_command_on_the_node(lab, tmp_path):
-    marker = tmp_path / "ran-on-the-host"
+def test_make_lab_ssh_runs_every_command_on_the_node(lab):
+    # A path that exists on the host and on the node alike: only where it appears says
+    # which shell ran the second command.
+    marker = Path("/tmp/kvmcluster-make-lab-marker")
+    marker.unlink(missing_ok=True)
+    lab.ssh("kvm01", f"rm -f {marker}")
     res = subprocess.run(["make", "-s", "lab", f"ARGS=ssh kvm01 -- hostname; touch {marker}; "
                           f"test -e {marker} && echo made-on-node"],
                          cwd=str(paths.REPO_ROOT), capture_output=True, text=True, timeout=120,
                          check=False)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.split() == ["kvm01", "made-on-node"]
+    assert res.stdout.split() == ["kvm01", "made-on-node"], res.stdout
     assert not marker.exists()  # the host's shell never saw the second command
     lab.ssh("kvm01", f"rm -f {marker}")
