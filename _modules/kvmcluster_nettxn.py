@@ -383,7 +383,26 @@ def _restore(txn, spec):
             if r.get("gateway") and r.get("dev") in present:
                 _run(["ip", fam, "route", "replace", "default", "via", r["gateway"],
                       "dev", r["dev"]])
+    _drop_route_copies(txn, before)
     _libvirt_follows_bridge(txn, br)
+
+
+def _drop_route_copies(txn, before):
+    """A backend brought back up (networkd, NetworkManager) may add a route of the old
+    configuration again with a metric of its own beside the one just restored: keep exactly
+    the route that was there before, once."""
+    want = {(r["family"], r["dst"], r.get("gateway"), r["dev"]): r.get("metric") or 0
+            for r in before.get("static_routes", [])}
+    for r in runtime()["static_routes"]:
+        key = (r["family"], r["dst"], r.get("gateway"), r["dev"])
+        if key in want and (r.get("metric") or 0) != want[key]:
+            argv = ["ip", f"-{r['family']}", "route", "del", r["dst"]]
+            if r.get("gateway"):
+                argv += ["via", r["gateway"]]
+            argv += ["dev", r["dev"], "metric", str(r.get("metric") or 0)]
+            rc, _, err = _run(argv)
+            txn.log(f"dropped a second copy of {r['dst']} on {r['dev']} (metric "
+                    f"{r.get('metric') or 0}): rc={rc} {err.strip()[-200:]}")
 
 
 def _nm_enablement_back(txn, before, boot=False):

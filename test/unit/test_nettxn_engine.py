@@ -75,6 +75,8 @@ class Host:
                 row = {"dst": r["dst"], "dev": r["dev"]}
                 if r.get("gateway"):
                     row["gateway"] = r["gateway"]
+                if r.get("metric"):
+                    row["metric"] = r["metric"]
                 out.append(row)
         return out
 
@@ -178,14 +180,18 @@ class Host:
             self.links[a[2]]["master"] = None
         elif a[:2] == ["link", "set"] and a[3] == "up":
             self.links[a[2]]["up"] = True
-        elif a[:2] == ["route", "replace"]:
+        elif a[:2] in (["route", "replace"], ["route", "del"]):
+            # The kernel's identity of a route: family, destination and metric.
             assert fam in ("-4", "-6"), a
             dst, dev = a[2], a[a.index("dev") + 1]
             gw = a[a.index("via") + 1] if "via" in a else None
+            metric = int(a[a.index("metric") + 1]) if "metric" in a else 0
             family = 6 if fam == "-6" else 4
-            self.routes = [r for r in self.routes if not (r["family"] == family
-                                                         and r["dst"] == dst)]
-            self.routes.append({"family": family, "dst": dst, "gateway": gw, "dev": dev})
+            self.routes = [r for r in self.routes if not (
+                r["family"] == family and r["dst"] == dst and (r.get("metric") or 0) == metric)]
+            if a[1] == "replace":
+                self.routes.append({"family": family, "dst": dst, "gateway": gw, "dev": dev,
+                                    **({"metric": metric} if metric else {})})
         else:
             raise AssertionError(f"unexpected ip {fam} {a}")
         return 0, "", ""
@@ -760,3 +766,24 @@ def test_boot_guard_installs_the_unit_and_the_script(host):
     assert host.tx.boot_guard() == {"installed": True, "enabled": True}
     os.unlink(host.tx._script())
     assert host.tx.boot_guard()["installed"] is False
+
+
+def test_rollback_keeps_one_copy_of_each_route(host, monkeypatch):
+    """A backend brought back up may add a route of the old configuration again with a
+    metric of its own beside the one the rollback restored: one copy stays, as before."""
+    res = host.tx.begin(spec(host, confirm="manual"))
+    real_run = host.tx._run
+
+    def run(argv, *a, **kw):
+        out = real_run(argv, *a, **kw)
+        if argv[:4] == ["ip", "-4", "route", "replace"] and "10.99.0.0/24" in argv:
+            # networkd, say, puts its own copy back at metric 100.
+            host.routes.append({"family": 4, "dst": "10.99.0.0/24", "gateway": GW,
+                                "dev": argv[argv.index("dev") + 1], "metric": 100})
+        return out
+
+    monkeypatch.setattr(host.tx, "_run", run)
+    host.tx.rollback(res["id"])
+    copies = [r for r in host.routes if r["dst"] == "10.99.0.0/24"]
+    assert copies == [{"family": 4, "dst": "10.99.0.0/24", "gateway": GW, "dev": "eth0"}], copies
+    back_as_before(host)
