@@ -387,22 +387,34 @@ def _restore(txn, spec):
     _libvirt_follows_bridge(txn, br)
 
 
-def _drop_route_copies(txn, before):
+def _drop_route_copies(txn, before, settle=2.0):
     """A backend brought back up (networkd, NetworkManager) may add a route of the old
-    configuration again with a metric of its own beside the one just restored: keep exactly
-    the route that was there before, once."""
-    want = {(r["family"], r["dst"], r.get("gateway"), r["dev"]): r.get("metric") or 0
-            for r in before.get("static_routes", [])}
-    for r in runtime()["static_routes"]:
-        key = (r["family"], r["dst"], r.get("gateway"), r["dev"])
-        if key in want and (r.get("metric") or 0) != want[key]:
-            argv = ["ip", f"-{r['family']}", "route", "del", r["dst"]]
-            if r.get("gateway"):
-                argv += ["via", r["gateway"]]
-            argv += ["dev", r["dev"], "metric", str(r.get("metric") or 0)]
-            rc, _, err = _run(argv)
-            txn.log(f"dropped a second copy of {r['dst']} on {r['dev']} (metric "
-                    f"{r.get('metric') or 0}): rc={rc} {err.strip()[-200:]}")
+    configuration again beside the one just restored (appended, or with a metric of its
+    own), now or a moment later: keep exactly one copy of each route that was there before,
+    the one with its old metric. Looked at twice, ``settle`` seconds apart."""
+    for attempt in range(2):
+        if attempt:
+            time.sleep(settle)
+        for r in before.get("static_routes", []):
+            fam = f"-{r['family']}"
+            rows = [x for x in _ip_json(fam, "route", "show", r["dst"])
+                    if x.get("dst") == r["dst"] and x.get("dev") == r["dev"]
+                    and x.get("gateway") == r.get("gateway")]
+            if len(rows) < 2:
+                continue
+            want = r.get("metric") or 0
+            rows.sort(key=lambda x: (x.get("metric") or 0) != want)
+            for x in rows[1:]:
+                argv = ["ip", fam, "route", "del", r["dst"]]
+                if x.get("gateway"):
+                    argv += ["via", x["gateway"]]
+                argv += ["dev", x["dev"], "metric", str(x.get("metric") or 0)]
+                if x.get("protocol"):
+                    argv += ["proto", str(x["protocol"])]
+                rc, _, err = _run(argv)
+                txn.log(f"dropped a second copy of {r['dst']} on {x['dev']} (metric "
+                        f"{x.get('metric') or 0}, proto {x.get('protocol')}): rc={rc} "
+                        f"{err.strip()[-200:]}")
 
 
 def _nm_enablement_back(txn, before, boot=False):
