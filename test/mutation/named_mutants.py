@@ -23,8 +23,7 @@ NETTXN = {
                                                        "        if True:\n            continue\n        with t.lock():"),
 }
 NETTXN["rollback leaves a second copy of a route"] = (
-    "    the route that was there before, once.\"\"\"\n",
-    "    the route that was there before, once.\"\"\"\n    return\n")
+    "    for attempt in range(2):\n", "    for attempt in range(0):\n")
 MUTS = {name: (*ENGINE, old, new) for name, (old, new) in NETTXN.items()}
 MUTS.update({
     "NFS opened to every address": (
