@@ -31,9 +31,31 @@ def __virtual__():
     return __virtualname__
 
 
-def _addresses(node):
+def addresses(node):
+    """
+    A node's model addresses (IPv4, then its static IPv6 ones): where dnsmasq listens.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call kvmcluster_dns.addresses '{"ip": "172.30.10.12", "address6": []}'
+    """
     return [a for a in [node.get("ip"), *[x.split("/")[0] for x in node.get("address6") or []]]
             if a]
+
+
+def files():
+    """
+    The formula's own dnsmasq files: ``conf`` (the drop-in), ``hosts``, ``leases``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call kvmcluster_dns.files
+    """
+    return {"conf": CONF, "hosts": HOSTS, "leases": DHCP_HOSTS}
 
 
 def management_nodes(view):
@@ -66,7 +88,7 @@ def hosts_lines(view):
     domain = view.get("domain") or ""
     rows = []
     for _, n in sorted(view["nodes"].items()):
-        for a in _addresses(n):
+        for a in addresses(n):
             rows.append((a, n["hostname"]))
     for name, addr in sorted((view["dns"].get("records") or {}).items()):
         rows.append((str(addr), name))
@@ -108,7 +130,7 @@ def conf_text(view):
     dhcp = view["dhcp"]
     lines = [HEADER,
              "# Only the management node's own addresses, never the wildcard.",
-             "bind-interfaces", *[f"listen-address={a}" for a in _addresses(me)],
+             "bind-interfaces", *[f"listen-address={a}" for a in addresses(me)],
              "# Answers come from the model, not this node's /etc/hosts or resolv.conf.",
              "no-hosts", "no-resolv", "domain-needed", "bogus-priv",
              f"addn-hosts={HOSTS}"]
@@ -129,7 +151,7 @@ def conf_text(view):
         lines.append(f"dhcp-range={net.network_address},static,{net.netmask},{lease}")
     if view.get("gateway"):
         lines.append(f"dhcp-option=option:router,{view['gateway']}")
-    dns4 = [a for n in mgmt for a in _addresses(n) if ":" not in a]
+    dns4 = [a for n in mgmt for a in addresses(n) if ":" not in a]
     if dns4:
         lines.append(f"dhcp-option=option:dns-server,{','.join(dns4)}")
     if domain:

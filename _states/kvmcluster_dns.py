@@ -48,12 +48,9 @@ def served(name, packages=(), service="dnsmasq.service"):
     conf = __salt__["kvmcluster_dns.conf_text"](view)
     want_hosts = _text(__salt__["kvmcluster_dns.hosts_lines"](view))
     want_leases = _text(__salt__["kvmcluster_dns.dhcp_host_lines"](view))
-    paths = {"conf": "/etc/dnsmasq.d/kvmcluster.conf",
-             "hosts": "/etc/kvmcluster/dnsmasq/hosts",
-             "leases": "/etc/kvmcluster/dnsmasq/dhcp-hosts"}
+    paths = __salt__["kvmcluster_dns.files"]()
     want = {"conf": conf, "hosts": want_hosts, "leases": want_leases}
-    addresses = [a for a in [me.get("ip"), *[x.split("/")[0] for x in me.get("address6") or []]]
-                 if a]
+    addresses = __salt__["kvmcluster_dns.addresses"](me)
 
     def diff():
         changes = {}

@@ -60,7 +60,7 @@ MUTS.update({
         "    lines = [ln for ln in [] if _key_id(ln) not in ours"),
     "dnsmasq on the wildcard": (
         "_modules/kvmcluster_dns.py", MANAGEMENT,
-        "             \"bind-interfaces\", *[f\"listen-address={a}\" for a in _addresses(me)],",
+        "             \"bind-interfaces\", *[f\"listen-address={a}\" for a in addresses(me)],",
         "             \"bind-interfaces\","),
     "a record change restarts dnsmasq": (
         "_states/kvmcluster_dns.py", MANAGEMENT,

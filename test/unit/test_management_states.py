@@ -99,6 +99,8 @@ class Dnsmasq:
                 "kvmcluster_dns.dhcp_host_lines": dns_mod.dhcp_host_lines,
                 "kvmcluster_dns.listening": lambda port=53: list(self.listen_now(v)),
                 "kvmcluster_dns.reload": self.reload, "kvmcluster_dns.ensure_dir": lambda: None,
+                "kvmcluster_dns.files": dns_mod.files,
+                "kvmcluster_dns.addresses": dns_mod.addresses,
                 "kvmcluster_node.file_text": self.files.get,
                 "kvmcluster_node.write_file": self.files.__setitem__,
                 "kvmcluster_node.systemctl": self.systemctl,
