@@ -77,7 +77,7 @@ def _fqdn(name, domain):
 
 def hosts_lines(view):
     """
-    The addn-hosts lines: ``<address> <fqdn> <name>`` for every node, record and lease.
+    The addn-hosts lines: ``<address> <fqdn> <name>`` for every node, record, lease and VM.
 
     CLI Example:
 
@@ -94,12 +94,22 @@ def hosts_lines(view):
         rows.append((str(addr), name))
     for name, h in sorted((view["dhcp"].get("hosts") or {}).items()):
         rows.append((str(h["ip"]), name))
+    for name, vm in _vms(view):
+        if vm.get("ip"):
+            rows.append((vm["ip"], name))
     return [f"{a} {_fqdn(name, domain)} {name}" for a, name in rows]
+
+
+def _vms(view):
+    """The model's VMs that exist (state running or stopped), by name."""
+    return [(n, vm) for n, vm in sorted((view.get("vms") or {}).items())
+            if vm.get("state") != "absent"]
 
 
 def dhcp_host_lines(view):
     """
-    The dhcp-hostsfile lines: ``<mac>,<ip>,<name>`` per static lease.
+    The dhcp-hostsfile lines: ``<mac>,<ip>,<name>`` per static lease and VM (``<mac>,<name>``
+    for a VM without an address).
 
     CLI Example:
 
@@ -111,6 +121,14 @@ def dhcp_host_lines(view):
     for name, h in sorted((view["dhcp"].get("hosts") or {}).items()):
         ip = ipaddress.ip_address(str(h["ip"]))
         out.append(f"{h['mac'].lower()},{f'[{ip}]' if ip.version == 6 else ip},{name}")
+    # A VM without an address still gets its name: dnsmasq gives it one from the range and
+    # answers for <vm>.<domain> with it.
+    for name, vm in _vms(view):
+        if vm.get("ip"):
+            ip = ipaddress.ip_address(vm["ip"])
+            out.append(f"{vm['mac']},{f'[{ip}]' if ip.version == 6 else ip},{name}")
+        else:
+            out.append(f"{vm['mac']},{name}")
     return out
 
 

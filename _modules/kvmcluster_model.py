@@ -9,6 +9,7 @@ and the reason.
 """
 import copy
 import difflib
+import hashlib
 import ipaddress
 import logging
 import posixpath
@@ -45,6 +46,7 @@ ROLES = {"management", "nfs_server", "hypervisor"}
 _LEASE_TIME = re.compile(r"^(infinite|\d{1,7}[smhdw]?)\Z", re.A)
 MTU_MIN, MTU_MAX = 576, 9216
 POOL_TYPES = {"netfs", "dir"}
+SHARE_TYPES = {"nfs", "external"}
 STRICTNESS = {"fail", "warn"}
 
 # Keys each mapping may hold (the defaults hold the rest of the schema).
@@ -113,7 +115,8 @@ ALIASES = {"address": "ip", "ipaddr": "ip", "ip_address": "ip", "dns": "dns_serv
 
 
 def _suggest(key, valid):
-    words = set(valid) | {a for a, target in ALIASES.items() if target in valid}
+    valid = {str(v) for v in valid}
+    words = valid | {a for a, target in ALIASES.items() if target in valid}
     close = difflib.get_close_matches(str(key), sorted(words), n=1, cutoff=0.6)
     if not close:
         return ""
@@ -237,7 +240,7 @@ def build(pillar, defaults, self_id=None, self_os_family=None):
 
 INTERNAL = "cannot be validated (a bug in kvmcluster; please report it)"
 # Mappings whose keys are the operator's own (no unknown-key check below them).
-OPEN_MAPS = {"nodes", "sysctl", "records", "hosts"}
+OPEN_MAPS = {"nodes", "sysctl", "records", "hosts", "images", "vms"}
 
 
 def _shape(errors, path, data, default):
@@ -283,12 +286,14 @@ def _build(errors, pillar, defaults, self_id, self_os_family):
                                           self_os_family)
     _check_across(errors, c, resolved)
     _check_storage(errors, c, resolved)
-    _check_dns_dhcp(errors, c, resolved, subnets)
+    seen = _check_dns_dhcp(errors, c, resolved, subnets)
+    images, vms = _check_vms(errors, c, resolved, subnets, seen)
     if errors:
         return None, errors
-    model = {k: v for k, v in c.items() if k != "nodes"}
+    model = {k: v for k, v in c.items() if k not in ("nodes", "images", "vms")}
     model["subnets"] = [str(s) for s in subnets]
     model["nodes"] = resolved
+    model["images"], model["vms"] = images, vms
     return model, errors
 
 
@@ -686,6 +691,30 @@ def _check_storage(errors, c, nodes):
         return
     servers = [n for n, v in nodes.items() if "nfs_server" in v.get("roles", [])]
     named = sec.get("server")
+    if not _one_of(sec.get("type"), SHARE_TYPES):
+        errors.add(None, f"{k}:secondary:type", f"{_q(sec.get('type'))} must be nfs (the "
+                   "formula's own export) or external (a share the site mounts on every node)")
+        return
+    if sec["type"] == "external":
+        # A filesystem the site already mounts at the mountpoint on every node: no server,
+        # no export; a dir pool over it.
+        if named is not None or servers:
+            errors.add(None, f"{k}:secondary:server", "the secondary storage is external: no "
+                       f"node serves it (server {_q(named)}, nfs_server role on "
+                       f"{', '.join(servers) or 'none'})")
+        mnt_ok = _path_ok(errors, None, f"{k}:secondary:mountpoint", sec.get("mountpoint"))
+        if pri_ok and mnt_ok and _nested(pri["path"], sec["mountpoint"]):
+            errors.add(None, f"{k}:secondary:mountpoint", f"{sec['mountpoint']} and the primary "
+                       f"pool path {pri['path']} are nested; they must be separate trees")
+        pool = sec.get("pool") or {}
+        if not (isinstance(pool.get("name"), str) and _POOL_NAME.match(pool["name"])):
+            errors.add(None, f"{k}:secondary:pool:name", f"{_q(pool.get('name'))} is not a "
+                       "pool name")
+        elif pool["name"] == pri.get("name"):
+            errors.add(None, f"{k}:secondary:pool:name", f"{pool['name']} is also the primary "
+                       "pool's name")
+        sec.update(server=None, clients=[], pool={**pool, "type": "dir"})
+        return
     if named is not None:
         if str(named) not in nodes:
             errors.add(None, f"{k}:secondary:server", f"{_q(named)} is not a node of "
@@ -697,7 +726,8 @@ def _check_storage(errors, c, nodes):
     if len(servers) != 1:
         errors.add(None, f"{k}:secondary:server", "secondary storage is enabled: exactly one NFS "
                    f"server is needed (found {len(servers)}: {', '.join(servers) or 'none'}); set "
-                   f"{k}:secondary:server to a node id")
+                   f"{k}:secondary:server to a node id, or {k}:secondary:type: external for a "
+                   "share the site already mounts")
     else:
         sec["server"] = servers[0]
     exp_ok = _path_ok(errors, None, f"{k}:secondary:export_path", sec.get("export_path"))
@@ -860,6 +890,191 @@ def _check_dns_dhcp(errors, c, nodes, subnets):
         mac = n.get("mac")
         if mac and mac in macs:
             errors.add(name, f"{k}:nodes:{name}:mac", f"{mac} is also the MAC of {macs[mac]}")
+        elif mac:
+            macs[mac] = f"node {name}"
+    return {"taken": taken, "names": names, "macs": macs, "range": (lo, hi)}
+
+
+# ---- images and VMs -----------------------------------------------------------------
+
+IMAGE_KEYS = {"volume", "path", "format", "kernel", "initrd", "cmdline"}
+VM_KEYS = {"node", "image", "vcpus", "memory_mb", "disk_gb", "disks", "clone", "mac", "ip",
+           "autostart", "state"}
+VM_STATES = {"running", "stopped", "absent"}
+CLONES = {"full", "linked"}
+IMAGE_FORMATS = {"raw", "qcow2"}
+DOMAIN_TYPES = {"kvm", "qemu"}
+_CMDLINE = re.compile(r"^[\x20-\x7e]{0,1024}\Z", re.A)
+
+
+def vm_mac(seed, name):
+    """The MAC a VM gets when its pillar names none: stable for the cluster and the name,
+    in QEMU's locally administered range 52:54:00."""
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def _check_images(errors, c):
+    out = {}
+    sec = c["storage"]["secondary"]
+    images = c.get("images") or {}
+    for name, img in images.items():
+        key = f"{ROOT}:images:{name}"
+        if not (isinstance(name, str) and _POOL_NAME.match(name)):
+            errors.add(None, key, f"{_q(name)} is not an image name (letters, digits, _.+-)")
+            continue
+        if not isinstance(img, dict):
+            errors.add(None, key, "must be a mapping with `volume` or `path`")
+            continue
+        _unknown(errors, None, key, img, IMAGE_KEYS)
+        res = {"name": name, "volume": None, "path": None,
+               "format": img.get("format", "qcow2"), "kernel": img.get("kernel"),
+               "initrd": img.get("initrd"), "cmdline": img.get("cmdline")}
+        if sec.get("enabled") is not True:
+            errors.add(None, key, f"golden images live on the secondary storage; enable "
+                       f"{ROOT}:storage:secondary first")
+        if ("volume" in img) == ("path" in img):
+            errors.add(None, key, "needs exactly one of `volume` (a volume of the secondary "
+                       "pool) or `path` (a file on the shared storage)")
+        elif "volume" in img:
+            if not (isinstance(img["volume"], str) and _POOL_NAME.match(img["volume"])):
+                errors.add(None, f"{key}:volume", f"{_q(img['volume'])} is not a volume name")
+            res["volume"] = img["volume"]
+        elif _path_ok(errors, None, f"{key}:path", img["path"]):
+            mp = sec.get("mountpoint")
+            if isinstance(mp, str) and not img["path"].startswith(mp.rstrip("/") + "/"):
+                errors.add(None, f"{key}:path", f"{img['path']} is not on the shared storage "
+                           f"({mp}): every node must see the same file")
+            res["path"] = img["path"]
+        if not _one_of(res["format"], IMAGE_FORMATS):
+            errors.add(None, f"{key}:format", f"{_q(res['format'])} must be raw or qcow2")
+        for part in ("kernel", "initrd"):
+            if img.get(part) is not None:
+                _path_ok(errors, None, f"{key}:{part}", img[part])
+        if img.get("initrd") is not None and img.get("kernel") is None:
+            errors.add(None, f"{key}:initrd", "an initrd needs a kernel")
+        if img.get("cmdline") is not None:
+            if img.get("kernel") is None:
+                errors.add(None, f"{key}:cmdline", "a kernel command line needs a kernel")
+            if not (isinstance(img["cmdline"], str) and _CMDLINE.match(img["cmdline"])):
+                errors.add(None, f"{key}:cmdline", f"{_q(img['cmdline'])} must be one line of "
+                           "printable ASCII (at most 1024 characters)")
+        out[name] = res
+    return out
+
+
+def _check_vm_defaults(errors, d):
+    k = f"{ROOT}:vm"
+    if not _one_of(d.get("domain_type"), DOMAIN_TYPES):
+        errors.add(None, f"{k}:domain_type", f"{_q(d.get('domain_type'))} must be kvm (hardware "
+                   "virtualization) or qemu (emulation, for labs)")
+    _int(errors, None, f"{k}:shutdown_timeout", d.get("shutdown_timeout"), 5, 3600)
+    _int(errors, None, f"{k}:memory_reserve_mb", d.get("memory_reserve_mb"), 0, 1 << 22)
+    ratio = d.get("vcpu_ratio")
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 64:
+        errors.add(None, f"{k}:vcpu_ratio", f"{_q(ratio)} must be a number in (0, 64]: vcpus "
+                   "per host CPU")
+    if d.get("mac_seed") is not None and not isinstance(d["mac_seed"], str):
+        errors.add(None, f"{k}:mac_seed", f"{_q(d['mac_seed'])} must be a string")
+
+
+def _check_vms(errors, c, nodes, subnets, seen):
+    """Images and VMs, consistent with the nodes, names, leases and the dynamic range."""
+    images = _check_images(errors, c)
+    d = c["vm"]
+    _check_vm_defaults(errors, d)
+    seed = d.get("mac_seed") or c.get("domain") or "kvmcluster"
+    taken, names, macs = dict(seen["taken"]), dict(seen["names"]), dict(seen["macs"])
+    lo, hi = seen["range"]
+    out = {}
+    for name, vm in (c.get("vms") or {}).items():
+        key = f"{ROOT}:vms:{name}"
+        if not (isinstance(name, str) and _HOSTNAME.match(name)):
+            errors.add(None, key, f"{_q(name)} is not a VM name (one DNS label: letters, "
+                       "digits, hyphens)")
+            continue
+        if not isinstance(vm, dict):
+            errors.add(None, key, "must be a mapping with at least `node` and `image`")
+            continue
+        _unknown(errors, None, key, vm, VM_KEYS)
+        if name.lower() in names:
+            errors.add(None, key, f"{name} is also the name of {names[name.lower()]}")
+        names.setdefault(name.lower(), f"VM {name}")
+        res = {"name": name, "fqdn": f"{name}.{c['domain']}" if c.get("domain") else name}
+        node = vm.get("node")
+        if node is None:
+            errors.add(None, f"{key}:node", "is required: the node the VM runs on")
+        elif str(node) not in nodes:
+            errors.add(None, f"{key}:node", f"{_q(node)} is not a node of {ROOT}:nodes"
+                       f"{_suggest(node, set(nodes))}")
+        elif not nodes[str(node)].get("hypervisor", True):
+            errors.add(None, f"{key}:node", f"{node} is a management node, not a hypervisor")
+        res["node"] = None if node is None else str(node)
+        image = vm.get("image")
+        if image is None:
+            errors.add(None, f"{key}:image", "is required: a golden image of "
+                       f"{ROOT}:images")
+        elif not isinstance(image, str) or image not in (c.get("images") or {}):
+            errors.add(None, f"{key}:image", f"{_q(image)} is not an image of {ROOT}:images"
+                       f"{_suggest(image, set(c.get('images') or {}))}")
+        res["image"] = image
+        res["vcpus"] = _int(errors, None, f"{key}:vcpus", vm.get("vcpus", d.get("vcpus")), 1, 512)
+        res["memory_mb"] = _int(errors, None, f"{key}:memory_mb",
+                                vm.get("memory_mb", d.get("memory_mb")), 32, 1 << 22)
+        res["disk_gb"] = _int(errors, None, f"{key}:disk_gb",
+                              vm.get("disk_gb", d.get("disk_gb")), 1, 1 << 16)
+        disks = []
+        for i, x in enumerate(_list(errors, None, f"{key}:disks", vm.get("disks"))[:16]):
+            if not (isinstance(x, dict) and set(x) == {"size_gb"}):
+                errors.add(None, f"{key}:disks:{i}", f"{_q(x)} must be a mapping with size_gb "
+                           "only")
+                continue
+            disks.append({"size_gb": _int(errors, None, f"{key}:disks:{i}:size_gb",
+                                          x["size_gb"], 1, 1 << 16)})
+        res["disks"] = disks
+        res["clone"] = vm.get("clone", d.get("clone"))
+        if not _one_of(res["clone"], CLONES):
+            errors.add(None, f"{key}:clone", f"{_q(res['clone'])} must be full (a copy in the "
+                       "primary pool) or linked (qcow2 backed by the golden image)")
+        res["state"] = vm.get("state", d.get("state"))
+        if not _one_of(res["state"], VM_STATES):
+            errors.add(None, f"{key}:state", f"{_q(res['state'])} must be running, stopped or "
+                       "absent")
+        res["autostart"] = vm.get("autostart", d.get("autostart"))
+        _bool(errors, None, f"{key}:autostart", res["autostart"])
+        mac = vm.get("mac")
+        if mac is None:
+            mac = vm_mac(seed, name)
+            mkey = f"{key} (derived MAC)"
+        else:
+            mkey = f"{key}:mac"
+            if not (isinstance(mac, str) and _MAC.match(mac)) or int(mac[:2], 16) & 1:
+                errors.add(None, mkey, f"{_q(mac)} is not a unicast MAC address")
+                mac = None
+        if mac is not None:
+            mac = mac.lower()
+            if mac in macs:
+                errors.add(None, mkey, f"{mac} is also the MAC of {macs[mac]}"
+                           + ("; set this VM's mac" if mkey.endswith("MAC)") else ""))
+            macs.setdefault(mac, f"VM {name}")
+        res["mac"] = mac
+        res["ip"] = None
+        if vm.get("ip") is not None:
+            ip = _addr(errors, None, f"{key}:ip", vm["ip"])
+            if ip is not None:
+                if subnets and not _in_subnets(ip, subnets):
+                    errors.add(None, f"{key}:ip", f"{ip} is not in a cluster subnet")
+                elif str(ip) in taken:
+                    errors.add(None, f"{key}:ip", f"{ip} is also the address of "
+                               f"{taken[str(ip)]}")
+                elif lo is not None and lo.version == ip.version and lo <= ip <= hi:
+                    errors.add(None, f"{key}:ip", f"{ip} is inside the dynamic range "
+                               f"{lo}..{hi}")
+                taken.setdefault(str(ip), f"VM {name}")
+                res["ip"] = str(ip)
+        res.update(domain_type=d.get("domain_type"), shutdown_timeout=d.get("shutdown_timeout"))
+        out[name] = res
+    return images, out
 
 
 def format_errors(errors):

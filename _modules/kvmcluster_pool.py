@@ -4,7 +4,6 @@ libvirt storage pools of a kvmcluster node, through the libvirt Python binding.
 Pools are described as plain data (type, target path, state, autostart) read back from the
 pool's own XML, so that desired and actual pools compare field by field.
 """
-import importlib
 import os
 import xml.etree.ElementTree as ET
 
@@ -20,25 +19,11 @@ def __virtual__():
 
 
 def _libvirt():
-    # The binding may have been installed earlier in this same run: look again.
-    importlib.invalidate_caches()
-    try:
-        return importlib.import_module("libvirt")
-    except ImportError as exc:
-        import sys  # pylint: disable=import-outside-toplevel
-
-        raise CommandExecutionError(
-            f"the libvirt Python binding is not importable by Salt's interpreter "
-            f"({sys.executable}): install python3-libvirt for it (on onedir minions: "
-            f"salt-pip install libvirt-python)") from exc
+    return __utils__["kvmcluster_virt.binding"]()
 
 
 def _connect(uri):
-    libvirt = _libvirt()
-    try:
-        return libvirt.open(uri)
-    except libvirt.libvirtError as exc:
-        raise CommandExecutionError(f"cannot connect to libvirt at {uri}: {exc}") from exc
+    return __utils__["kvmcluster_virt.connect"](uri)
 
 
 def _on_pool(name, uri, what, action):

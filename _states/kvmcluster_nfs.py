@@ -29,7 +29,8 @@ def _ctx():
     sec = view["storage"]["secondary"]
     if not sec["enabled"]:
         return view, None, None
-    server = view["nodes"][sec["server"]]
+    # An external share has no server in the model.
+    server = view["nodes"][sec["server"]] if sec.get("server") else None
     return view, sec, server
 
 
@@ -45,7 +46,7 @@ def _off(ret):
 def _not_client(view, server):
     """A management-only node other than the server mounts nothing."""
     me = view["self"]
-    return not me.get("hypervisor", True) and me["name"] != server["name"]
+    return not me.get("hypervisor", True) and (server is None or me["name"] != server["name"])
 
 
 def _no_share(ret, view):
@@ -69,6 +70,9 @@ def packages(name, server_pkgs, client_pkgs):
         return _off(ret)
     if _not_client(view, server):
         return _no_share(ret, view)
+    if server is None:
+        ret["comment"] = "the secondary storage is external: the site mounts it"
+        return ret
     is_server = view["self"]["name"] == server["name"]
     want = list(dict.fromkeys([*(server_pkgs if is_server else []), *client_pkgs]))
     test = __opts__["test"]
@@ -96,6 +100,9 @@ def exported(name, exports_file, service):
     view, sec, server = _ctx()
     if not sec:
         return _off(ret)
+    if server is None:
+        ret["comment"] = "the secondary storage is external: nothing is exported"
+        return ret
     if view["self"]["name"] != server["name"]:
         ret["comment"] = f"not the NFS server ({server['name']} is)"
         return ret
@@ -190,6 +197,8 @@ def mounted(name, fstab="/etc/fstab"):
         return _off(ret)
     if _not_client(view, server):
         return _no_share(ret, view)
+    if server is None:
+        return _external(ret, view, sec)
     is_server = view["self"]["name"] == server["name"]
     mp = sec["mountpoint"]
     line = _fstab_line(sec, server, is_server)
@@ -241,4 +250,43 @@ def mounted(name, fstab="/etc/fstab"):
         ret.update(result=False, changes=changes, comment=f"{mp} is not mounted after mounting")
         return ret
     ret.update(changes=changes, comment=f"{want_source} mounted at {mp}{note}")
+    return ret
+
+
+MARKERS = ".kvmcluster/nodes"
+
+
+def _external(ret, view, sec):
+    """A share the site mounts: it must be mounted and writable here; the node leaves a
+    marker (``<mountpoint>/.kvmcluster/nodes/<node>``) so that every node can see which
+    others share the same filesystem."""
+    mp, me = sec["mountpoint"], view["self"]["name"]
+    live = __salt__["kvmcluster_nfs.mount_of"](mp)
+    if live is None:
+        ret.update(result=False, comment=f"the external secondary storage is not mounted at "
+                   f"{mp} on {me} (kvmcluster:storage:secondary:mountpoint); mount it first")
+        return ret
+    if "ro" in live["options"] or not os.access(mp, os.W_OK):
+        ret.update(result=False, comment=f"{mp} ({live['source']}, {live['fstype']}) is "
+                   f"read-only on {me}; the secondary storage must be writable")
+        return ret
+    marker = os.path.join(mp, MARKERS, me)
+    changes = {}
+    if not os.path.isfile(marker):
+        changes["marker"] = {"old": None, "new": marker}
+    where = f"{live['source']} ({live['fstype']}) at {mp}"
+    if changes and __opts__["test"]:
+        ret.update(result=None, changes=changes, comment=f"{where}: would leave {me}'s marker")
+        return ret
+    try:
+        if changes:
+            os.makedirs(os.path.dirname(marker), exist_ok=True)
+            with open(marker, "w", encoding="utf-8") as fh:
+                fh.write(f"{view['self'].get('ip')}\n")
+        seen = sorted(os.listdir(os.path.join(mp, MARKERS)))
+    except OSError as exc:
+        ret.update(result=False, changes={}, comment=f"{mp} on {me}: {exc}")
+        return ret
+    others = [n for n in seen if n != me and n in view["nodes"]]
+    ret.update(changes=changes, comment=f"{where}; shared with: {', '.join(others) or 'no other node yet'}")
     return ret

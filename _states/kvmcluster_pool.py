@@ -27,11 +27,11 @@ def _desired(role):
         sec = view["storage"]["secondary"]
         if not sec["enabled"]:
             return None
-        server = view["nodes"][sec["server"]]
+        server = view["nodes"][sec["server"]] if sec.get("server") else None
         pool = {"name": sec["pool"]["name"], "type": "dir", "target": sec["mountpoint"],
                 "source": None, "mounted": True}
         # The server has the export bind-mounted at the mountpoint: a dir pool there.
-        if sec["pool"]["type"] == "netfs" and view["self"]["name"] != server["name"]:
+        if server and sec["pool"]["type"] == "netfs" and view["self"]["name"] != server["name"]:
             pool.update(type="netfs", source={"host": server["ip"], "dir": sec["export_path"],
                                               "format": "nfs"})
         return pool

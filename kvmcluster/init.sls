@@ -9,3 +9,4 @@ include:
   - .storage
   - .nfs
   - .network
+  - .vms

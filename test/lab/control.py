@@ -90,6 +90,9 @@ def up(containers=3, vms=0, timeout=None, with_master=False, backends=(), manage
     rack = spec.make(containers, vms, backends, management)
     say(f"network: lab bridge {net.BRIDGE} in namespace {net.SWITCH}, subnet {net.SUBNET}")
     net.create_switch()
+    # The shared storage every container node sees at the same path, fresh for each lab.
+    shutil.rmtree(paths.SHARED, ignore_errors=True)
+    paths.SHARED.mkdir(mode=0o755, parents=True)
     save_state({"spec": [n.to_dict() for n in rack], "mounts": [], "children": {},
                 "master": with_master})
     for n in rack:
@@ -269,6 +272,7 @@ def down():
         nodes.remove(n)
     # The master's keys belong to this lab's minions; a new lab has new ones.
     shutil.rmtree(master.MASTER_DIR, ignore_errors=True)
+    shutil.rmtree(paths.SHARED, ignore_errors=True)
     if paths.STATE_FILE.exists():
         paths.STATE_FILE.unlink()
     say("lab down")

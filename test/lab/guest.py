@@ -158,3 +158,78 @@ if spec.get("remove"):
 out["console"] = log[-1500:]
 print(json.dumps(out))
 """
+
+
+# ---- the lab's golden image: a disk, a kernel and an initrd on the shared storage ---------
+
+GOLDEN_HEADER = "KVMCLUSTER-GOLDEN tiny"
+DISK_MARKER = "KVMCLUSTER-DISK"
+ACPI_MARKER = "KVMCLUSTER-ACPI"
+READY_MARKER = "KVMCLUSTER-VM-READY"
+VM_MODULES = VIRTIO_NET + ["virtio_blk", "button", "evdev"]
+# The init of a VM made from the golden image: it reads its own disk, leases its address
+# (and host name) by DHCP, configures it, powers off on the ACPI power button unless its
+# kernel command line says kvmcluster.acpi=0, and stays up.
+VM_INIT = f"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in {' '.join(VM_MODULES)}; do insmod /lib/modules/$m.ko 2>/dev/null; done
+for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 0.5; done
+echo "{DISK_MARKER} $(dd if=/dev/vda bs=64 count=1 2>/dev/null | head -n 1)"
+ip link set lo up
+ip link set eth0 up
+udhcpc -i eth0 -q -n -t 20 -T 2 -O hostname -O domain -s /bin/vmlease || echo "{LEASE_MARKER} none"
+if grep -q kvmcluster.acpi=0 /proc/cmdline; then
+  echo "{ACPI_MARKER} ignored"
+else
+  acpid -c /etc/acpi && echo "{ACPI_MARKER} honoured"
+fi
+echo "{READY_MARKER}"
+while :; do sleep 3600; done
+"""
+VM_LEASE_SCRIPT = f"""#!/bin/sh
+case "$1" in
+  bound|renew)
+    eval $(ipcalc -p "$ip" "$subnet")
+    ip addr add "$ip/$PREFIX" dev eth0
+    [ -n "$router" ] && ip route add default via "$router"
+    echo "{LEASE_MARKER} ip=$ip mask=$subnet router=$router dns=$dns name=$hostname domain=$domain serverid=$serverid" ;;
+esac
+"""
+POWER_BUTTON = "#!/bin/sh\necho 'KVMCLUSTER-POWER-BUTTON'\npoweroff -f\n"
+
+
+def vm_initrd():
+    """The golden image's initrd (busybox, the node kernel's virtio/button/evdev modules)."""
+    mods = next((image.rootfs() / "lib/modules").iterdir())
+    paths = {m: next(mods.rglob(f"{m}.ko")) for m in VM_MODULES}
+    d, f = 0o040755, 0o100755
+    entries = [(p, d, b"", (0, 0)) for p in ("bin", "dev", "proc", "sys", "etc", "etc/acpi",
+                                             "etc/acpi/PWRF", "lib", "lib/modules")]
+    entries += [("dev/console", 0o020600, b"", (5, 1)),
+                ("bin/busybox", f, _busybox(), (0, 0)), ("init", f, VM_INIT.encode(), (0, 0)),
+                ("bin/vmlease", f, VM_LEASE_SCRIPT.encode(), (0, 0)),
+                ("etc/acpi/PWRF/00000080", f, POWER_BUTTON.encode(), (0, 0))]
+    entries += [(f"lib/modules/{m}.ko", 0o100644, p.read_bytes(), (0, 0))
+                for m, p in paths.items()]
+    return _newc(entries)
+
+
+def install_golden(shared):
+    """The golden image on the shared storage: ``tiny.raw`` (1 GiB, sparse, a header the
+    guest prints), ``boot/vmlinuz`` and ``boot/tiny-initrd``. Returns their paths (host)."""
+    shared = Path(shared)
+    (shared / "boot").mkdir(mode=0o755, exist_ok=True)
+    disk = shared / "tiny.raw"
+    with open(disk, "wb") as fh:
+        fh.write(f"{GOLDEN_HEADER}\n".encode().ljust(512, b"\0"))
+        fh.truncate(1 << 30)
+    kernel = next((image.rootfs() / "boot").glob("vmlinuz-*"))
+    (shared / "boot/vmlinuz").write_bytes(kernel.read_bytes())
+    (shared / "boot/tiny-initrd").write_bytes(vm_initrd())
+    for p in (disk, shared / "boot/vmlinuz", shared / "boot/tiny-initrd"):
+        p.chmod(0o644)
+    return {"disk": disk, "kernel": shared / "boot/vmlinuz",
+            "initrd": shared / "boot/tiny-initrd"}

@@ -77,6 +77,7 @@ def container_argv(node):
         "--bind=/dev/net/tun", f"--bind={d / 'kvm'}:/dev/kvm", "--capability=all",
         "--resolv-conf=off", "--timezone=off", "--link-journal=no",
         f"--bind={d / 'data01'}:/data01",
+        f"--bind={paths.SHARED}:{paths.SHARED_MOUNT}",
     ]
 
 

@@ -8,4 +8,7 @@ CACHE = Path(os.environ.get("KVMCLUSTER_LAB_CACHE", "/var/cache/kvmcluster-lab")
 # Everything a running lab owns lives here; `down` removes it.
 HOME = Path(os.environ.get("KVMCLUSTER_LAB_HOME", "/var/lib/kvmcluster-lab"))
 STATE_FILE = HOME / "state.json"
+# Bound into every container node at /mnt/secondary: the site-mounted shared storage.
+SHARED = HOME / "shared"
+SHARED_MOUNT = "/mnt/secondary"
 SSH_KEY = CACHE / "ssh" / "id_ed25519"

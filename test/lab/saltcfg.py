@@ -64,6 +64,35 @@ def lab_pillar(nodes):
     return pillar
 
 
+# The lab's VMs: three tiny guests on two nodes, made from the golden image on the shared
+# storage (a host directory bound into every container node: storage type external).
+VM_IPS = {"vm1": f"{SUBNET_BASE}.111", "vm2": f"{SUBNET_BASE}.112", "vm3": f"{SUBNET_BASE}.113"}
+LAB_VMS = {
+    "vm1": {"node": "kvm01", "image": "tiny", "ip": VM_IPS["vm1"]},
+    "vm2": {"node": "kvm02", "image": "tiny", "ip": VM_IPS["vm2"], "clone": "linked"},
+    # Its kernel command line tells the guest to ignore the ACPI power button.
+    "vm3": {"node": "kvm02", "image": "tiny-stubborn", "ip": VM_IPS["vm3"]},
+}
+
+
+def with_vms(pillar, vms=None):
+    """``pillar`` plus the shared storage, the golden images and the lab's VMs."""
+    out = yaml.safe_load(yaml.safe_dump(pillar))
+    k = out["kvmcluster"]
+    k["storage"]["secondary"] = {"enabled": True, "type": "external",
+                                 "mountpoint": paths.SHARED_MOUNT}
+    boot = f"{paths.SHARED_MOUNT}/boot"
+    tiny = {"volume": "tiny.raw", "format": "raw", "kernel": f"{boot}/vmlinuz",
+            "initrd": f"{boot}/tiny-initrd", "cmdline": "console=ttyS0 panic=-1"}
+    k["images"] = {"tiny": tiny,
+                   "tiny-stubborn": {**tiny, "cmdline": tiny["cmdline"] + " kvmcluster.acpi=0"}}
+    # Lab-only: emulated guests (no usable KVM here), small ones, a short ACPI wait.
+    k["vm"] = {"domain_type": "qemu", "memory_mb": 160, "disk_gb": 1, "shutdown_timeout": 15,
+               "memory_reserve_mb": 512}
+    k["vms"] = yaml.safe_load(yaml.safe_dump(LAB_VMS if vms is None else vms))
+    return out
+
+
 UNRELATED_SLS = """lab-unrelated-file-managed:
   file.managed:
     - name: /root/unrelated-formula.txt

@@ -57,7 +57,16 @@ def test_hosts_and_leases_come_from_the_model():
     assert "172.30.10.42 kvm02.cluster.example.com kvm02" in hosts
     assert "172.30.10.1 gateway.cluster.example.com gateway" in hosts
     assert "172.30.10.101 golden-builder.cluster.example.com golden-builder" in hosts
-    assert dns_mod.dhcp_host_lines(v) == ["52:54:00:10:00:01,172.30.10.101,golden-builder"]
+    # VMs: a static lease and a name each; one without an address gets its name only.
+    assert "172.30.10.111 web1.cluster.example.com web1" in hosts
+    mac = v["vms"]["web1"]["mac"]
+    assert mac == model.vm_mac("cluster.example.com", "web1") and mac.startswith("52:54:00:")
+    assert dns_mod.dhcp_host_lines(v) == [
+        "52:54:00:10:00:01,172.30.10.101,golden-builder",
+        f"{v['vms']['db1']['mac']},172.30.10.112,db1",
+        f"{v['vms']['scratch1']['mac']},scratch1",
+        f"{mac},172.30.10.111,web1"]
+    assert not any(" scratch1" in h for h in hosts)
     assert dns_mod.hosts_lines(view("mgmt02")) == hosts  # identical data on both
 
 
