@@ -544,9 +544,17 @@ def set_resources(name, vcpus=None, memory_mb=None, uri=DEFAULT_URI):
             else:
                 dom.setMemoryFlags(kib, cfg)
                 dom.setMemoryFlags(kib, cfg | libvirt.VIR_DOMAIN_MEM_MAXIMUM)
+                live = not active
                 if active:
+                    # The guest gives memory back through its balloon driver, if it has one:
+                    # "live" only when it did (looked at for up to 5 s).
                     dom.setMemoryFlags(kib, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-                done["live"].append("memory")
+                    for _ in range(10):
+                        if dom.info()[2] <= kib:
+                            live = True
+                            break
+                        time.sleep(0.5)
+                done["live" if live else "next boot"].append("memory")
         return done
     return _on(name, uri, "change the resources of", act)
 

@@ -166,7 +166,7 @@ GOLDEN_HEADER = "KVMCLUSTER-GOLDEN tiny"
 DISK_MARKER = "KVMCLUSTER-DISK"
 ACPI_MARKER = "KVMCLUSTER-ACPI"
 READY_MARKER = "KVMCLUSTER-VM-READY"
-VM_MODULES = VIRTIO_NET + ["virtio_blk", "button", "evdev"]
+VM_MODULES = VIRTIO_NET + ["virtio_blk", "virtio_balloon", "button", "evdev"]
 # The init of a VM made from the golden image: it reads its own disk, leases its address
 # (and host name) by DHCP, configures it, powers off on the ACPI power button unless its
 # kernel command line says kvmcluster.acpi=0, and stays up.
@@ -184,7 +184,12 @@ udhcpc -i eth0 -q -n -t 20 -T 2 -O hostname -O domain -s /bin/vmlease || echo "{
 if grep -q kvmcluster.acpi=0 /proc/cmdline; then
   echo "{ACPI_MARKER} ignored"
 else
-  acpid -c /etc/acpi && echo "{ACPI_MARKER} honoured"
+  # The ACPI power button is an input device: its first event powers the guest off.
+  for e in /sys/class/input/event*; do
+    grep -q "Power Button" $e/device/name 2>/dev/null || continue
+    (dd if=/dev/input/${{e##*/}} bs=24 count=1 >/dev/null 2>&1; /etc/acpi/PWRF/00000080) &
+    echo "{ACPI_MARKER} honoured (${{e##*/}})"
+  done
 fi
 echo "{READY_MARKER}"
 while :; do sleep 3600; done

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from . import control, net, paths, saltcfg, spec
+from . import control, guest, net, paths, saltcfg, spec
 
 
 def parse_json(stdout):
@@ -97,7 +97,10 @@ def info():
 
 def demo():
     t0 = time.monotonic()
-    control.up(management=1)
+    st = control.up(management=1)
+    # The VMs of the lab: the golden image on the shared storage, three guests in pillar.
+    guest.install_golden(paths.SHARED)
+    saltcfg.set_pillar(saltcfg.with_vms(saltcfg.lab_pillar(spec.from_dicts(st["spec"]))))
     print(f"\n== salt-ssh '*' state.apply kvmcluster  (from the management namespace "
           f"{net.CONTROLLER}, {net.MGMT_IP})", flush=True)
     t1 = time.monotonic()
@@ -137,6 +140,21 @@ def demo():
         lines = res.stdout.split("\n")
         resolved += res.returncode == 0 and peer.ip in res.stdout
         print(f"  on {n.name}: " + " | ".join(" ".join(ln.split()) for ln in lines if ln))
+    print("\n== the VMs, by name from the management node, pinged from kvm01 (they boot in "
+          "emulation: allow a minute)")
+    reached = 0
+    for vm, ip in saltcfg.VM_IPS.items():
+        cmd = (f"for i in $(seq 1 60); do ping -c 1 -W 2 {vm}.{domain} >/dev/null && "
+               f"getent hosts {vm}.{domain} && exit 0; sleep 1; done; exit 1")
+        res = subprocess.run(
+            ["ip", "netns", "exec", net.CONTROLLER, "ssh", "-i", str(paths.SSH_KEY),
+             "-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no",
+             "-o", "LogLevel=ERROR", f"root@{hypervisors[0].ip}", cmd],
+            capture_output=True, text=True, timeout=240, check=False)
+        reached += res.returncode == 0 and ip in res.stdout
+        print(f"  {vm} on {saltcfg.LAB_VMS[vm]['node']}: "
+              + (" ".join(res.stdout.split()) + " answers ping" if res.returncode == 0
+                 else "no answer"))
     print(f"  state.apply took {apply_s:.0f}s; demo {time.monotonic() - t0:.0f}s in all")
     print("\n== reach the nodes")
     for n in spec.from_dicts(st["spec"]):
@@ -145,7 +163,7 @@ def demo():
           f"{saltcfg.SALT_DIR / 'Saltfile'})")
     print("  stop it:   make lab-down")
     ok = proc.returncode == 0 and confirmed == len(hypervisors) and \
-        resolved == len(hypervisors) and \
+        resolved == len(hypervisors) and reached == len(saltcfg.VM_IPS) and \
         len(summaries) == len(st["spec"]) and all(f == "0" for *_, f in summaries)
     return 0 if ok else 1
 

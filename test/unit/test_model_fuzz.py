@@ -104,6 +104,9 @@ def test_ipv4_ipv6_and_dual_stack_validate():
     v6["dhcp"] = {"range": ["fd00:30:10::200", "fd00:30:10::2ff"],
                   "hosts": {"golden-builder": {"mac": "52:54:00:10:00:01",
                                                "ip": "fd00:30:10::101"}}}
+    for i, vm in enumerate(v6.get("vms", {}).values()):
+        if vm.get("ip"):
+            vm["ip"] = f"fd00:30:10::{0x111 + i:x}"
     for i, (name, node) in enumerate(sorted(v6["nodes"].items())):
         node["ip"] = f"fd00:30:10::{0x41 + i:x}/64"
         node.pop("gateway", None)
