@@ -67,6 +67,17 @@ MUTS.update({
         "        if \"service\" in changes or paths[\"conf\"] in changes:",
         "        if True:"),
 })
+VM = ("_modules/kvmcluster_vm.py", "test/unit/test_vm_module.py")
+MUTS.update({
+    "a VM without the formula's metadata is removed": (
+        *VM, "        if not info[\"owned\"]:\n            raise", "        if False:\n            raise"),
+    "a volume another domain uses is deleted": (
+        *VM, "            elif path in used:", "            elif False:"),
+    "a golden image is deleted": (
+        *VM, "            elif os.path.realpath(path) in protected:", "            elif False:"),
+    "a volume of another pool is deleted": (
+        *VM, "            elif in_pool != pool or v.get(\"pool\") != pool:", "            elif False:"),
+})
 rows = []
 for name, (path, tests, old, new) in MUTS.items():
     work = pathlib.Path(tempfile.mkdtemp(prefix="kvmcluster-mutant-"))
