@@ -324,13 +324,17 @@ def volume_exists(pool, name, uri=DEFAULT_URI):
 
         salt '*' kvmcluster_vm.volume_exists default web1.qcow2
     """
-    libvirt = _libvirt()
     with _Conn(uri) as conn:
-        try:
-            _pool(conn, pool).storageVolLookupByName(name)
-            return True
-        except libvirt.libvirtError:
-            return False
+        return _find_volume(conn, pool, name) is not None
+
+
+def _find_volume(conn, pool, name):
+    """Volume ``name`` of the active pool ``pool``, or None."""
+    libvirt = _libvirt()
+    try:
+        return _pool(conn, pool).storageVolLookupByName(name)
+    except libvirt.libvirtError:
+        return None
 
 
 def create_volume(pool, name, size_gb, source=None, linked=False, uri=DEFAULT_URI):
@@ -376,11 +380,9 @@ def delete_volume(pool, name, uri=DEFAULT_URI):
 
         salt '*' kvmcluster_vm.delete_volume default web1.qcow2
     """
-    libvirt = _libvirt()
     with _Conn(uri) as conn:
-        try:
-            vol = _pool(conn, pool).storageVolLookupByName(name)
-        except libvirt.libvirtError:
+        vol = _find_volume(conn, pool, name)
+        if vol is None:
             return False
         if vol.path() in _in_use_elsewhere(conn, None):
             raise CommandExecutionError(f"volume {name} of pool {pool} is used by a domain")
