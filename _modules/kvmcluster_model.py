@@ -52,8 +52,11 @@ STRICTNESS = {"fail", "warn"}
 # Keys each mapping may hold (the defaults hold the rest of the schema).
 NODE_KEYS = {
     "ip", "hostname", "gateway", "dns_servers", "dns_search", "nic", "mac", "mtu", "bond",
-    "bridge", "backend", "roles", "os_family", "ip6", "gateway6",
+    "bridge", "backend", "roles", "os_family", "ip6", "gateway6", "ssh_host_keys",
 }
+MIGRATION_TRANSPORTS = {"ssh", "tls"}
+_PRIVATE_KEY = re.compile(r"^-----BEGIN OPENSSH PRIVATE KEY-----\n[A-Za-z0-9+/=\n]+"
+                          r"-----END OPENSSH PRIVATE KEY-----\n?\Z", re.A)
 CONFIRM_MODES = {"auto", "manual"}
 GATEWAY_CHECKS = {"arp", "icmp", "none"}
 NODE_BOND_KEYS = {"name", "slaves", "mode", "miimon", "updelay", "downdelay",
@@ -285,6 +288,7 @@ def _build(errors, pillar, defaults, self_id, self_os_family):
         resolved[str(name)] = _check_node(errors, c, subnets, str(name), entry, self_id,
                                           self_os_family)
     _check_across(errors, c, resolved)
+    _check_migration(errors, c, resolved)
     _check_storage(errors, c, resolved)
     seen = _check_dns_dhcp(errors, c, resolved, subnets)
     images, vms = _check_vms(errors, c, resolved, subnets, seen)
@@ -396,6 +400,33 @@ def _check_cluster(errors, c):
             and 1024 <= ports[0] <= ports[1] <= 65535):
         errors.add(None, f"{ROOT}:migration:ports", f"{_q(ports)} must be [first, last], "
                    "1024 <= first <= last <= 65535")
+    if not _one_of(mig.get("transport"), MIGRATION_TRANSPORTS):
+        errors.add(None, f"{ROOT}:migration:transport", f"{_q(mig.get('transport'))} is not a "
+                   "migration transport; valid: ssh, tls (never unauthenticated tcp)"
+                   + _suggest(mig.get("transport"), MIGRATION_TRANSPORTS))
+    mssh = mig.get("ssh")
+    if not isinstance(mssh, dict):
+        errors.add(None, f"{ROOT}:migration:ssh", "must be a mapping with private_key and "
+                   "public_key")
+        mig["ssh"] = mssh = {"private_key": None, "public_key": None}
+    priv, pub = mssh.get("private_key"), mssh.get("public_key")
+    if priv is not None and not (isinstance(priv, str)
+                                 and _PRIVATE_KEY.match(priv.strip() + "\n")):
+        errors.add(None, f"{ROOT}:migration:ssh:private_key", "is not an OpenSSH private key "
+                   "(-----BEGIN OPENSSH PRIVATE KEY----- ... , without a passphrase)")
+    if pub is not None and not (isinstance(pub, str) and _SSH_KEY.match(pub.strip())):
+        errors.add(None, f"{ROOT}:migration:ssh:public_key",
+                   "is not an SSH public key (expected 'ssh-ed25519 AAAA... comment')")
+    if (priv is None) != (pub is None):
+        errors.add(None, f"{ROOT}:migration:ssh:" + ("public_key" if pub is None
+                                                      else "private_key"),
+                   "both keys of the pair are needed (or neither)")
+    if mig.get("transport") == "ssh" and priv is not None and not acct.get("name"):
+        errors.add(None, f"{ROOT}:account:name", "migration over SSH logs in to the nodes' "
+                   "account: name it (kvmcluster:account:name)")
+    if mig.get("transport") == "tls" and not (lv.get("tls") or {}).get("enabled"):
+        errors.add(None, f"{ROOT}:migration:transport", "tls needs libvirt TLS "
+                   "(kvmcluster:libvirt:tls:enabled: true)")
     lp = c["libvirt_python"]
     ver = lp.get("version")
     if ver is not None and not (isinstance(ver, str) and re.match(r"^\d+(\.\d+){0,3}\Z", ver)):
@@ -578,6 +609,15 @@ def _check_node(errors, c, subnets, name, entry, self_id, self_os_family):
         if bridge.get("mtu") is None:
             bridge["mtu"] = pmtu
     out["bridge"] = bridge
+    # The node's SSH host keys, as its peers know them (migration over SSH checks them).
+    hks = _list(errors, name, f"{key}:ssh_host_keys", entry.get("ssh_host_keys"))
+    out["ssh_host_keys"] = []
+    for i, hk in enumerate(hks):
+        if not (isinstance(hk, str) and _SSH_KEY.match(hk.strip())):
+            errors.add(name, f"{key}:ssh_host_keys:{i}", "is not an SSH public host key "
+                       "(the line of /etc/ssh/ssh_host_ed25519_key.pub)")
+        else:
+            out["ssh_host_keys"].append(" ".join(hk.split()[:2]))
 
     backend = entry.get("backend", c["network"]["backend"])
     if backend != "auto" and not _one_of(backend, BACKENDS):
@@ -643,6 +683,22 @@ def _check_ip6(errors, c, name, key, entry, iface, out):
             errors.add(name, gw_key, f"{gwa} is the node's own address")
         else:
             out["gateway6"] = str(gwa) if gwa is not None else None
+
+
+def _check_migration(errors, c, nodes):
+    """Over SSH the nodes check each other's host keys: every hypervisor needs them."""
+    mig = c.get("migration") or {}
+    if not (mig.get("enabled") is True and mig.get("transport") == "ssh"
+            and isinstance(mig.get("ssh"), dict) and mig["ssh"].get("private_key")):
+        return
+    hypervisors = [n for n, e in nodes.items() if e.get("hypervisor", True)]
+    if len(hypervisors) < 2:
+        return
+    for name in hypervisors:
+        if not nodes[name].get("ssh_host_keys"):
+            errors.add(name, f"{ROOT}:nodes:{name}:ssh_host_keys",
+                       "needed for migration over SSH (the peers check this node's host key; "
+                       "`salt-run kvmcluster.host_keys` prints every node's)")
 
 
 def _check_across(errors, c, nodes):
@@ -1144,10 +1200,12 @@ def validate(parameters=None, pillar=None):
             "nodes": sorted(model["nodes"]) if model else []}
 
 
-def load(parameters, minion_id=None):
+def load(parameters, minion_id=None, cluster=None):
     """
-    Build and validate the model from this minion's pillar, keep it for the rest of the state
-    run, and return this node's view of it. Raises CommandExecutionError listing every error.
+    Build and validate the model from this minion's pillar (or ``cluster``, the pillar's
+    ``kvmcluster`` key as a runner compiled it for this node: a plain salt-ssh call has no
+    pillar), keep it for the rest of the state run, and return this node's view of it.
+    Raises CommandExecutionError listing every error.
 
     CLI Example:
 
@@ -1156,10 +1214,12 @@ def load(parameters, minion_id=None):
         salt-call kvmcluster_model.load '{"cluster": {...}}'
     """
     minion_id = minion_id or __grains__["id"]
-    render = render_errors(__pillar__)
-    if render:
-        raise CommandExecutionError("\n".join(render))
-    model, errors = build(__pillar__.get(ROOT, {}), _defaults(parameters), minion_id,
+    if cluster is None:
+        render = render_errors(__pillar__)
+        if render:
+            raise CommandExecutionError("\n".join(render))
+        cluster = __pillar__.get(ROOT, {})
+    model, errors = build(cluster, _defaults(parameters), minion_id,
                           __grains__.get("os_family"))
     if errors:
         raise CommandExecutionError(format_errors(errors))

@@ -130,9 +130,10 @@ def file_text(path):
         return None
 
 
-def write_file(path, text):
+def write_file(path, text, mode=0o644):
     """
-    Write ``text`` to ``path`` atomically.
+    Write ``text`` to ``path`` atomically, with ``mode`` (a secret is never readable by
+    others, not even for a moment: the file is created with its mode).
 
     CLI Example:
 
@@ -142,9 +143,12 @@ def write_file(path, text):
     """
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.kvmcluster-tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    if os.path.exists(tmp):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
-    os.chmod(tmp, 0o644)
+    os.chmod(tmp, mode)
     os.replace(tmp, path)  # atomic: readers see the old or the new file, never half
     return True
 

@@ -667,6 +667,43 @@ def remove(name, pool, protected=(), uri=DEFAULT_URI):
         return {"deleted": deleted, "kept": kept}
 
 
+# ---- presence on the network ----------------------------------------------------------
+
+def answers(ip, mac=None, timeout=2):
+    """
+    Whether something answers at ``ip`` from this node: an echo reply, or (a guest that
+    drops pings) a neighbour entry for it, with ``mac`` when given. Returns how it answered
+    (a text) or an empty string. Bounded by ``timeout`` seconds.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt kvm02 kvmcluster_vm.answers 10.0.0.111 52:54:00:12:34:56
+    """
+    import json  # pylint: disable=import-outside-toplevel
+    import subprocess  # pylint: disable=import-outside-toplevel
+
+    argv = ["ping", "-n", "-q", "-c", "2", "-i", "0.5", "-W", str(int(timeout)), str(ip)]
+    if ":" in str(ip):
+        argv.insert(1, "-6")
+    try:
+        if subprocess.run(argv, capture_output=True, timeout=int(timeout) + 3,
+                          check=False).returncode == 0:
+            return "echo reply"
+        proc = subprocess.run(["ip", "-j", "neigh", "show", "to", str(ip)],
+                              capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    for entry in json.loads(proc.stdout or "[]"):
+        lladdr = (entry.get("lladdr") or "").lower()
+        states = set(entry.get("state") or [])
+        if lladdr and states & {"REACHABLE", "DELAY", "PROBE"} and (
+                mac is None or lladdr == str(mac).lower()):
+            return f"neighbour {lladdr}"
+    return ""
+
+
 # ---- capacity -------------------------------------------------------------------------
 
 def capacity(uri=DEFAULT_URI):

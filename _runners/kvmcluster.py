@@ -128,3 +128,318 @@ def confirm(tgt="*", tgt_type="glob", ssh=False, wait=120, interval=5):
     if not all(r.get("confirmed") for r in done.values()):
         __context__["retcode"] = 1
     return done
+
+
+# ---- calls to the nodes ---------------------------------------------------------------
+
+def _unwrap(raw):
+    """A node's answer out of the client's wrapping: ``(value, None)`` or ``(None, why)``."""
+    if isinstance(raw, dict) and "return" in raw:
+        if raw.get("retcode") not in (None, 0) and not isinstance(raw["return"], dict):
+            return None, str(raw["return"])[:400]
+        return raw["return"], None
+    if isinstance(raw, dict) and ("stderr" in raw or "retcode" in raw) and "node" not in raw:
+        why = (raw.get("stderr") or raw.get("stdout") or f"retcode {raw.get('retcode')}")
+        return None, " ".join(str(why).split())[:400]
+    if isinstance(raw, str):
+        return None, raw[:400]
+    return raw, None
+
+
+def _call(fun, tgt="*", tgt_type="glob", ssh=False, timeout=60, arg=(), kwarg=None):
+    """``fun`` on the targeted nodes: ``({node: return}, {node: why it did not answer})``.
+    Bounded: salt-ssh's connection timeout, the master's job timeout."""
+    answered, missing = {}, {}
+    if ssh:
+        from salt.client.ssh.client import SSHClient  # pylint: disable=import-outside-toplevel
+
+        expected = sorted(_ssh_targets(tgt, tgt_type))
+        client = SSHClient(mopts=dict(__opts__))
+        got = client.cmd(expected, fun, arg=list(arg), timeout=timeout, tgt_type="list",
+                         kwarg=kwarg) or {}
+    else:
+        import salt.utils.minions  # pylint: disable=import-outside-toplevel
+
+        expected = sorted(salt.utils.minions.CkMinions(__opts__).check_minions(
+            tgt, tgt_type)["minions"])
+        local = salt.client.get_local_client(__opts__["conf_file"])
+        got = local.cmd(tgt, fun, arg=list(arg), tgt_type=tgt_type, timeout=timeout,
+                        kwarg=kwarg) or {}
+    for node in expected:
+        if node not in got:
+            missing[node] = f"no answer within {timeout}s"
+            continue
+        value, why = _unwrap(got[node])
+        if why is not None:
+            missing[node] = why
+        else:
+            answered[node] = value
+    return answered, missing
+
+
+def _parameters():
+    """The formula's defaults (``parameters/defaults.yaml`` from the master's file_roots),
+    for the nodes' modules: a plain salt-ssh call has no fileserver to read them from."""
+    import salt.fileclient  # pylint: disable=import-outside-toplevel
+
+    client = salt.fileclient.get_file_client(dict(__opts__, file_client="local"))
+    try:
+        path = client.cache_file(f"salt://{ROOT}/parameters/defaults.yaml",
+                                 __opts__.get("saltenv") or "base")
+    finally:
+        client.destroy()
+    if not path:
+        raise CommandExecutionError(f"salt://{ROOT}/parameters/defaults.yaml is not in the "
+                                    "master's file_roots: put the formula there")
+    with open(path, encoding="utf-8") as fh:
+        return salt.utils.yaml.safe_load(fh)["values"]
+
+
+def _node_pillar(node):
+    return salt.pillar.get_pillar(__opts__, {"id": node}, node,
+                                  saltenv=__opts__.get("saltenv") or "base").compile_pillar()
+
+
+def _call_model(fun, tgt="*", tgt_type="glob", ssh=False, timeout=60, arg=(), kwarg=None):
+    """``_call`` of a function that needs the model: the formula's defaults go along, and
+    with salt-ssh each node's ``kvmcluster`` pillar as compiled here (a plain salt-ssh call
+    carries no pillar). Nodes with the same pillar share one call."""
+    import json  # pylint: disable=import-outside-toplevel
+
+    kwarg = dict(kwarg or {}, parameters=json.dumps(_parameters()))
+    if not ssh:
+        return _call(fun, tgt, tgt_type, ssh, timeout, arg, kwarg)
+    groups = {}
+    for node in sorted(_ssh_targets(tgt, tgt_type)):
+        cluster = json.dumps(_node_pillar(node).get(ROOT) or {}, sort_keys=True, default=str)
+        groups.setdefault(cluster, []).append(node)
+    answered, missing = {}, {}
+    for cluster, nodes in groups.items():
+        got, lost = _call(fun, nodes, "list", ssh, timeout, arg, dict(kwarg, cluster=cluster))
+        answered.update(got)
+        missing.update(lost)
+    return answered, missing
+
+
+def _cluster():
+    return __utils__["kvmcluster_cluster.findings"], __utils__["kvmcluster_cluster.table"]
+
+
+def status(tgt="*", tgt_type="glob", ssh=False, timeout=60, table=True):
+    """
+    The cluster at a glance: one report per node (``kvmcluster_report.node``: the bridge
+    and its port, MTU, libvirtd, pools, the share, VMs, CPU, versions, a pending network
+    change, the clock) and the findings across them (paths or MTUs that differ, a share
+    missing or read-only, CPUs that cannot run each other's guests, version skew, a VM on
+    the wrong node or on two). Unreachable nodes are shown as such after ``timeout``
+    seconds. The run fails (exit code 1) when a finding is an error.
+
+    tgt, tgt_type
+        The nodes (default: every node).
+    ssh
+        Reach the nodes with salt-ssh and the roster instead of the minions.
+    table
+        Print the table (``--out=json`` gets the data either way).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kvmcluster.status
+        salt-run kvmcluster.status ssh=True --out=json
+    """
+    findings, render = _cluster()
+    sent = time.time()
+    answered, missing = _call_model("kvmcluster_report.node", tgt, tgt_type, ssh,
+                                    int(timeout))
+    window = (sent, time.time())
+    reports = dict(answered)
+    reports.update({n: {"node": n, "unreachable": why} for n, why in missing.items()})
+    found = findings(reports, window)
+    # salt-run exits with a returned "retcode"; orchestration reads the context's.
+    retcode = int(any(f["level"] == "error" for f in found))
+    __context__["retcode"] = retcode
+    if table and __opts__.get("output") in (None, "nested", "txt", "highstate"):
+        print(render(reports, found, window))
+        return {"errors": sum(f["level"] == "error" for f in found),
+                "warnings": sum(f["level"] == "warning" for f in found), "retcode": retcode}
+    return {"nodes": reports, "findings": found, "window": list(window), "retcode": retcode}
+
+
+def host_keys(tgt="*", tgt_type="glob", ssh=False, timeout=60):
+    """
+    Every node's SSH host keys as pillar (``kvmcluster:nodes:<id>:ssh_host_keys``), for
+    migration over SSH: verify them once (as with any new host key), then paste them into
+    the pillar.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kvmcluster.host_keys ssh=True --out=yaml
+    """
+    answered, missing = _call("cmd.run", tgt, tgt_type, ssh, int(timeout),
+                              arg=["cat /etc/ssh/ssh_host_ed25519_key.pub"])
+    nodes = {n: {"ssh_host_keys": [" ".join(str(v).split()[:2])]}
+             for n, v in sorted(answered.items()) if str(v).startswith("ssh-")}
+    if missing:
+        return _failed({ROOT: {"nodes": nodes}, "unreachable": missing})
+    return {ROOT: {"nodes": nodes}}
+
+
+# ---- migration ------------------------------------------------------------------------
+
+def _where(vm, ssh, timeout):
+    """The nodes that run and that have VM ``vm`` defined."""
+    answered, missing = _call("kvmcluster_vm.list", "*", "glob", ssh, timeout)
+    running = sorted(n for n, vms in answered.items()
+                     if isinstance(vms, dict) and (vms.get(vm) or {}).get("state") == "running")
+    defined = sorted(n for n, vms in answered.items() if isinstance(vms, dict) and vm in vms)
+    return running, defined, missing
+
+
+def _one(fun, node, ssh, timeout, arg=(), kwarg=None):
+    """``fun`` (of a module that needs the model) on one node: its answer, a mapping."""
+    answered, missing = _call_model(fun, node, "glob", ssh, timeout, arg=arg, kwarg=kwarg)
+    if node not in answered:
+        raise CommandExecutionError(f"{node}: {fun}: {missing.get(node, 'no answer')}")
+    value = answered[node]
+    if not isinstance(value, dict):  # the functions called here answer a mapping
+        raise CommandExecutionError(f"{node}: {fun}: {str(value)[:600]}")
+    return value
+
+
+def _failed(out):
+    """``out`` marked failed, for salt-run's exit code and for the orchestration."""
+    __context__["retcode"] = out["retcode"] = 1
+    return out
+
+
+def migrate(vm, target, ssh=False, timeout=1800, check_only=False):
+    """
+    Move running VM ``vm`` live to node ``target``. First the readiness: the VM runs on
+    exactly one node, and the target can take it (capacity, same bridge or network, a CPU
+    it can give the guest, the shared disks visible, room for the node-local disks, which
+    are copied); anything missing refuses the migration before anything moves. Then
+    libvirt migrates it peer-to-peer, live, persistent on the target and undefined on the
+    source. Reports libvirt's downtime and the total time.
+
+    vm
+        The VM's name.
+    target
+        The node to move it to.
+    ssh
+        Reach the nodes with salt-ssh and the roster instead of the minions.
+    check_only
+        Only the readiness checks.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kvmcluster.migrate vm=web1 target=kvm02
+        salt-run kvmcluster.migrate vm=web1 target=kvm02 ssh=True check_only=True
+    """
+    started = time.monotonic()
+    running, defined, missing = _where(vm, ssh, 60)
+    out = {"vm": vm, "target": target, "migrated": False}
+    refuse = []
+    if target in missing:
+        refuse.append(f"target {target} is unreachable: {missing[target]}")
+    if not running:
+        refuse.append(f"VM {vm} runs on no node that answered"
+                      + (f" (defined on {', '.join(defined)})" if defined else "")
+                      + (f"; unreachable: {', '.join(sorted(missing))}" if missing else ""))
+    elif len(running) > 1:
+        refuse.append(f"VM {vm} runs on {', '.join(running)}: resolve that first")
+    elif running[0] == target:
+        out.update(migrated=False, comment=f"{vm} already runs on {target}")
+        return out
+    if refuse:
+        out["refused"] = refuse
+        return _failed(out)
+    source = running[0]
+    out["source"] = source
+    import json  # pylint: disable=import-outside-toplevel
+
+    try:
+        plan = _one("kvmcluster_migration.plan", source, ssh, 120, arg=[vm])
+        ready = _one("kvmcluster_migration.check", target, ssh, 120, arg=[json.dumps(plan)])
+    except CommandExecutionError as exc:
+        out["refused"] = [str(exc)]
+        return _failed(out)
+    out["check"] = ready
+    if not ready.get("ok"):
+        out["refused"] = ready.get("reasons") or ["the target refused"]
+        return _failed(out)
+    if check_only:
+        out["comment"] = f"{target} can take {vm} (copying: {ready.get('copy') or 'nothing'})"
+        return out
+    copy = ready.get("copy") or []
+    made = []
+    try:
+        if copy:
+            made = _one("kvmcluster_migration.prepare", target, ssh, 300,
+                        arg=[json.dumps(plan), json.dumps(copy)])["made"]
+        result = _one("kvmcluster_migration.migrate", source, ssh, int(timeout),
+                      arg=[vm, target], kwarg={"copy": json.dumps(copy)})
+    except CommandExecutionError as exc:
+        out["error"] = str(exc)
+        if made:
+            # Only what prepare made, and only while the VM is not defined there.
+            out["target_cleanup"] = _one("kvmcluster_migration.unprepare", target, ssh, 120,
+                                         arg=[vm, json.dumps(made)])
+        return _failed(out)
+    out.update(result)
+    running, defined, _ = _where(vm, ssh, 60)
+    out["running_on"], out["defined_on"] = running, defined
+    out["migrated"] = running == [target] and defined == [target]
+    copied = [d["path"] for d in plan.get("disks") or [] if d["target"] in (ready.get("copy")
+                                                                           or [])]
+    if out["migrated"] and copied:
+        # The VM runs on the target from its own copies: the source's are stale now.
+        out["source_cleanup"] = _one("kvmcluster_migration.source_cleanup", source, ssh, 120,
+                                     arg=[vm, json.dumps(copied)])
+    out["total_seconds"] = round(time.monotonic() - started, 2)
+    if not out["migrated"]:
+        return _failed(out)
+    out["retcode"] = 0
+    return out
+
+
+def _model_vms(node):
+    pillar = salt.pillar.get_pillar(__opts__, {"id": node}, node,
+                                    saltenv=__opts__.get("saltenv") or "base").compile_pillar()
+    vms = (pillar.get(ROOT) or {}).get("vms") or {}
+    return {n: v.get("node") for n, v in vms.items() if isinstance(v, dict)}
+
+
+def place(ssh=False, timeout=1800):
+    """
+    Carry out the model's placement: every VM of the pillar (``kvmcluster:vms:<vm>:node``)
+    that runs on another node is migrated live to its node (``migrate``). VMs that do not
+    run anywhere are left to the state (it starts them on their node).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kvmcluster.place
+        salt-run kvmcluster.place ssh=True
+    """
+    answered, missing = _call("kvmcluster_vm.list", "*", "glob", ssh, 60)
+    if not answered:
+        raise CommandExecutionError(f"no node answered: {missing}")
+    model = _model_vms(sorted(answered)[0])
+    moves, done = {}, {}
+    for vm, node in sorted(model.items()):
+        on = sorted(n for n, vms in answered.items()
+                    if isinstance(vms, dict) and (vms.get(vm) or {}).get("state") == "running")
+        if on and on != [node]:
+            moves[vm] = node
+    for vm, node in moves.items():
+        done[vm] = migrate(vm, node, ssh=ssh, timeout=timeout)
+    out = {"moved": done, "unreachable": missing, "retcode": 0}
+    if any(not r.get("migrated") for r in done.values()):
+        return _failed(out)
+    return out

@@ -39,8 +39,16 @@ def _read(path):
         return None
 
 
+_KEY_TYPES = ("ssh-", "ecdsa-", "sk-")
+
+
 def _key_id(line):
-    return " ".join(line.split()[:2])
+    """The key's type and body, past any options (``restrict,from=...``)."""
+    words = line.split()
+    for i, w in enumerate(words):
+        if w.startswith(_KEY_TYPES):
+            return " ".join(words[i:i + 2])
+    return " ".join(words[:2])
 
 
 def _keys_text(current, keys):
@@ -56,6 +64,22 @@ def _keys_text(current, keys):
     if keys:
         lines += [BEGIN, *[k.strip() for k in keys], END]
     return "\n".join(lines) + "\n" if lines else ""
+
+
+def _migration_keys(view):
+    """The migration key's line for a hypervisor (libvirtd of the other hypervisors logs in
+    with it): nothing but commands, from the peers' addresses only."""
+    mig = view["migration"]
+    me = view["self"]
+    if not (mig["enabled"] and mig["transport"] == "ssh" and mig["ssh"].get("public_key")
+            and me.get("hypervisor", True)):
+        return []
+    peers = sorted(e["ip"] for n, e in view["nodes"].items()
+                   if n != me["name"] and e.get("hypervisor", True) and e.get("ip"))
+    if not peers:
+        return []
+    key = " ".join(mig["ssh"]["public_key"].split()[:2])
+    return [f'restrict,from="{",".join(peers)}" {key} kvmcluster-migration']
 
 
 def _sudoers_text(user):
@@ -111,6 +135,7 @@ def present(name, packages=()):
     test = __opts__["test"]
     hypervisor = view["self"].get("hypervisor", True)
     groups = list(acct["groups"]) if hypervisor else []
+    acct = dict(acct, ssh_keys=list(acct["ssh_keys"]) + _migration_keys(view))
 
     def diff():
         changes = {}
@@ -136,8 +161,8 @@ def present(name, packages=()):
         cur = _read(_auth_keys_path(user)) if info else None
         want = _keys_text(cur, acct["ssh_keys"])
         if (cur or "") != want:
-            block = [k for k in (cur or "").splitlines() if k.startswith(("ssh-", "ecdsa-",
-                                                                          "sk-"))]
+            block = [k for k in (cur or "").splitlines()
+                     if any(w.startswith(_KEY_TYPES) for w in k.split()[:3])]
             changes["ssh_keys"] = {
                 "old": sorted(_key_id(k) for k in block if _key_id(k) in
                               {_key_id(x) for x in _block_keys(cur)}),

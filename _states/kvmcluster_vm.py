@@ -74,6 +74,15 @@ def _plan(view, vms, uri):
                                  "new": None}
             continue
         want = _want(view, vm)
+        if not cur["exists"] and vm["state"] == "running" and vm.get("ip"):
+            # Never a second copy: a VM that answers at its address runs somewhere already
+            # (on its old node after a placement change, or by hand).
+            seen = __salt__["kvmcluster_vm.answers"](vm["ip"], vm["mac"])
+            if seen:
+                raise sk.Refused(
+                    f"VM {name} is not on {view['self']['name']} but answers at {vm['ip']} "
+                    f"({seen}): it runs elsewhere; move it with salt-run kvmcluster.migrate "
+                    f"vm={name} target={view['self']['name']} (or salt-run kvmcluster.place)")
         if not cur["exists"] and fresh:
             changes[name] = {"old": None, "new": want}
             continue

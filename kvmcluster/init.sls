@@ -9,4 +9,5 @@ include:
   - .storage
   - .nfs
   - .network
+  - .migration
   - .vms

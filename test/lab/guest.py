@@ -166,6 +166,7 @@ GOLDEN_HEADER = "KVMCLUSTER-GOLDEN tiny"
 DISK_MARKER = "KVMCLUSTER-DISK"
 ACPI_MARKER = "KVMCLUSTER-ACPI"
 READY_MARKER = "KVMCLUSTER-VM-READY"
+TICK_MARKER = "KVMCLUSTER-TICK"
 VM_MODULES = VIRTIO_NET + ["virtio_blk", "virtio_balloon", "button", "evdev"]
 # The init of a VM made from the golden image: it reads its own disk, leases its address
 # (and host name) by DHCP, configures it, powers off on the ACPI power button unless its
@@ -192,7 +193,10 @@ else
   done
 fi
 echo "{READY_MARKER}"
-while :; do sleep 3600; done
+# A counter that only goes on while this boot of the guest runs: a live migration keeps it
+# counting (on the new node's console), a restart would begin again at 1.
+i=0
+while :; do i=$((i + 1)); echo "{TICK_MARKER} $i"; sleep 2; done
 """
 VM_LEASE_SCRIPT = f"""#!/bin/sh
 case "$1" in

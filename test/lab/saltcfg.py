@@ -52,6 +52,7 @@ def lab_pillar(nodes):
             },
         }
     }
+    _migration_over_ssh(pillar["kvmcluster"], nodes)
     mgmt = [n for n in nodes if "management" in n.roles]
     if mgmt:
         # The management node(s) serve DNS and DHCP: the nodes resolve through them. No
@@ -62,6 +63,37 @@ def lab_pillar(nodes):
                                         "hosts": {"tiny-dhcp": {"mac": TINY_MAC,
                                                                 "ip": f"{SUBNET_BASE}.101"}}}
     return pillar
+
+
+def _host_key(node):
+    """A container node's ed25519 host key (written before its first boot), or None."""
+    from . import nodes as lab_nodes  # pylint: disable=import-outside-toplevel
+
+    pub = lab_nodes.node_dir(node) / "root/etc/ssh/ssh_host_ed25519_key.pub"
+    return " ".join(pub.read_text().split()[:2]) if pub.exists() else None
+
+
+def migration_key():
+    """The lab cluster's migration key pair (made once, kept in the lab's cache)."""
+    key = paths.CACHE / "migration-key"
+    if not key.exists():
+        key.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
+                        "kvmcluster-migration", "-f", str(key)], check=True)
+    return key.read_text(), Path(str(key) + ".pub").read_text().strip()
+
+
+def _migration_over_ssh(k, nodes):
+    """Each node's host key in pillar, as an operator would paste from kvmcluster.host_keys;
+    the migration key pair when every hypervisor has one (VM nodes make theirs at boot)."""
+    keys = {n.name: _host_key(n) for n in nodes}
+    for n in nodes:
+        if keys[n.name]:
+            k["nodes"][n.name]["ssh_host_keys"] = [keys[n.name]]
+    hypervisors = [n for n in nodes if "management" not in n.roles]
+    if hypervisors and all(keys[n.name] for n in hypervisors):
+        private, public = migration_key()
+        k["migration"] = {"ssh": {"private_key": private, "public_key": public}}
 
 
 # The lab's VMs: three tiny guests on two nodes, made from the golden image on the shared
@@ -131,6 +163,8 @@ def write(nodes, extra_pillar=None):
         # salt-run state.orchestrate with ssh: true targets the roster, as salt-ssh does.
         "roster_file": str(SALT_DIR / "roster"),
         "runner_dirs": [str(paths.REPO_ROOT / "_runners")],
+        # The runners' shared code (the cluster view), as saltutil.sync_utils would.
+        "utils_dirs": [str(paths.REPO_ROOT / "_utils")],
         "ssh_max_procs": 8,
         "log_level_logfile": "info",
     }

@@ -1,0 +1,304 @@
+"""
+The cluster view: the nodes' reports (``kvmcluster_report.node``) side by side, and what is
+wrong across them (``__utils__["kvmcluster_cluster.findings"](reports)``). Pure functions
+of the reports, used by the ``kvmcluster`` runner.
+
+A finding is ``{"level": "error"|"warning", "node": node or None, "what": text}``. Errors
+are what breaks the cluster's promise (a node unreachable, a bridge or pool missing, paths
+or MTUs that differ, a share not mounted or not writable, a VM running twice); warnings are
+what limits it (CPUs or versions that stop a migration one way, a pending network change,
+a clock off).
+"""
+
+CLOCK_TOLERANCE_S = 2.0
+GIB = 1 << 30
+
+
+def _f(level, node, what):
+    return {"level": level, "node": node, "what": what}
+
+
+def _hyper(rep):
+    return (rep.get("model") or {}).get("hypervisor", True)
+
+
+def _node_findings(name, rep, window):
+    out = []
+    if rep.get("unreachable"):
+        return [_f("error", name, f"unreachable: {rep['unreachable']}")]
+    if rep.get("model_error"):
+        return [_f("error", name, f"pillar model invalid: {rep['model_error'][:300]}")]
+    model = rep.get("model") or {}
+    br = rep.get("bridge")
+    if model.get("bridge"):
+        if not isinstance(br, dict) or br.get("error"):
+            out.append(_f("error", name, f"bridge {model['bridge']}: "
+                                         f"{(br or {}).get('error', 'not reported')}"))
+        elif not br.get("exists"):
+            out.append(_f("error", name, f"bridge {model['bridge']} does not exist"))
+        else:
+            if br.get("operstate") not in ("up", "unknown"):
+                out.append(_f("error", name, f"bridge {br['name']} is {br.get('operstate')}"))
+            if model.get("mtu") and br.get("mtu") != model["mtu"]:
+                out.append(_f("error", name, f"bridge {br['name']} MTU {br.get('mtu')}, the "
+                                             f"model says {model['mtu']}"))
+            ip = str(model.get("ip") or "").split("/", maxsplit=1)[0]
+            if ip and ip not in [a.split("/")[0] for a in br.get("addresses", [])]:
+                out.append(_f("error", name, f"bridge {br['name']} does not carry {ip}"))
+            for port in br.get("ports", []):
+                for s in port.get("slaves", []):
+                    if not s.get("carrier"):
+                        out.append(_f("warning", name, f"{port['name']} slave {s['name']}: "
+                                                       "no link"))
+                    elif s.get("lacp_in_aggregator") is False:
+                        out.append(_f("warning", name, f"{port['name']} slave {s['name']}: "
+                                                       "not in the LACP aggregator (switch "
+                                                       "side not configured?)"))
+            if not br.get("ports"):
+                out.append(_f("error", name, f"bridge {br['name']} has no port to the "
+                                             "network"))
+    if _hyper(rep):
+        if rep.get("libvirtd") != "active":
+            out.append(_f("error", name, f"libvirtd is {rep.get('libvirtd')}"))
+        lv = rep.get("libvirt") or {}
+        if lv.get("error"):
+            out.append(_f("error", name, f"libvirt: {lv['error']}"))
+        for role, pool in (lv.get("pools") or {}).items():
+            if not pool.get("defined"):
+                out.append(_f("error", name, f"{role} pool {pool['name']} is not defined"))
+            elif not pool.get("active"):
+                out.append(_f("error", name, f"{role} pool {pool['name']} is not active"))
+            elif pool.get("path") != pool.get("path_expected"):
+                out.append(_f("error", name, f"{role} pool {pool['name']} at {pool.get('path')}"
+                                             f", the model says {pool['path_expected']}"))
+        sec = model.get("secondary") or {}
+        share = rep.get("share")
+        if sec.get("enabled"):
+            if not isinstance(share, dict):
+                out.append(_f("error", name, "shared storage not reported"))
+            elif not share.get("mounted"):
+                out.append(_f("error", name, f"shared storage {sec.get('mountpoint')} is not "
+                                             f"mounted {share.get('error', '')}".strip()))
+            elif not share.get("writable"):
+                out.append(_f("error", name, f"shared storage {sec.get('mountpoint')} is not "
+                                             f"writable as {share.get('qemu_user')}: "
+                                             f"{share.get('error', 'read-only')}"))
+    pend = rep.get("network_pending")
+    if isinstance(pend, dict) and pend.get("phase"):
+        out.append(_f("warning", name, f"network change {pend.get('id')} pending "
+                                       f"({pend['phase']}): confirm or let it roll back"))
+    if rep.get("ntp_synchronized") is False:
+        out.append(_f("warning", name, "clock not synchronized (NTP)"))
+    off = clock_offset(rep, window)
+    if off is not None and abs(off) > CLOCK_TOLERANCE_S:
+        out.append(_f("warning", name, f"clock off by at least {off:+.1f} s from the "
+                                       "management node's"))
+    return out
+
+
+def clock_offset(rep, window):
+    """How far the node's clock is, at least, outside the window ``(sent, received)`` of
+    the management node's clock in which the node read its own (0 inside it)."""
+    t = rep.get("time")
+    if not isinstance(t, (int, float)) or not window:
+        return None
+    lo, hi = window
+    if t < lo:
+        return t - lo
+    if t > hi:
+        return t - hi
+    return 0.0
+
+
+def _differs(reports, label, get):
+    """One error when nodes disagree on a value that must be the same everywhere."""
+    seen = {}
+    for name, rep in reports.items():
+        try:
+            value = get(rep)
+        except (KeyError, TypeError, AttributeError):
+            value = None
+        if value is not None:
+            seen.setdefault(value, []).append(name)
+    if len(seen) > 1:
+        parts = "; ".join(f"{v}: {', '.join(sorted(n))}" for v, n in sorted(
+            seen.items(), key=lambda kv: str(kv[0])))
+        return [_f("error", None, f"{label} differs between nodes ({parts})")]
+    return []
+
+
+def cpu_compatibility(reports):
+    """``{(a, b): missing}``: the features a guest started on ``a`` (host CPU model) needs
+    that node ``b``'s CPU lacks (empty: it can move a -> b)."""
+    cpus = {}
+    for name, rep in reports.items():
+        cpu = ((rep.get("libvirt") or {}).get("cpu") or {}) if _hyper(rep) else {}
+        if cpu.get("features") is not None:
+            cpus[name] = cpu
+    out = {}
+    for a, ca in cpus.items():
+        for b, cb in cpus.items():
+            if a == b:
+                continue
+            missing = sorted(set(ca["features"]) - set(cb["features"]))
+            if ca.get("vendor") != cb.get("vendor"):
+                missing = [f"vendor {ca.get('vendor')} != {cb.get('vendor')}"] + missing
+            out[(a, b)] = missing
+    return out
+
+
+def _version_tuple(text):
+    try:
+        return tuple(int(x) for x in str(text).split("."))
+    except ValueError:
+        return None
+
+
+def placement(reports):
+    """``{vm: {"model": node, "running": [nodes], "stopped": [nodes]}}`` for the VMs of the
+    model and every VM some node runs."""
+    out = {}
+    model_vms = {}
+    for rep in reports.values():
+        model_vms.update((rep.get("model") or {}).get("vms") or {})
+    for vm, node in model_vms.items():
+        out[vm] = {"model": node, "running": [], "stopped": []}
+    for name, rep in sorted(reports.items()):
+        vms = (rep.get("libvirt") or {}).get("vms") or {}
+        for state in ("running", "stopped"):
+            for vm in vms.get(state) or []:
+                out.setdefault(vm, {"model": None, "running": [], "stopped": []})[state].append(
+                    name)
+    return out
+
+
+def findings(reports, window=None):
+    """Every finding of the nodes' ``reports`` (``{node: report}``; an unreachable node's
+    report is ``{"unreachable": reason}``), errors first."""
+    out = []
+    for name in sorted(reports):
+        out += _node_findings(name, reports[name], window)
+    ok = {n: r for n, r in reports.items() if not r.get("unreachable")
+          and not r.get("model_error")}
+    hyper = {n: r for n, r in ok.items() if _hyper(r)}
+    out += _differs(ok, "bridge MTU", lambda r: r["bridge"]["mtu"])
+    out += _differs(hyper, "primary pool path",
+                    lambda r: r["libvirt"]["pools"]["primary"]["path"])
+    out += _differs(hyper, "secondary pool path",
+                    lambda r: r["libvirt"]["pools"]["secondary"]["path"])
+    for (a, b), missing in sorted(cpu_compatibility(hyper).items()):
+        if missing:
+            out.append(_f("warning", None, f"CPU: guests of {a} (host-model) cannot move to "
+                                           f"{b}, which lacks {', '.join(missing[:8])}"
+                                           + (" ..." if len(missing) > 8 else "")))
+    for key, label in (("qemu_version", "QEMU"), ("libvirt_version", "libvirt")):
+        versions = {n: r["libvirt"].get(key) for n, r in hyper.items()
+                    if isinstance(r.get("libvirt"), dict) and r["libvirt"].get(key)}
+        tuples = {n: _version_tuple(v) for n, v in versions.items() if _version_tuple(v)}
+        if len(set(tuples.values())) > 1:
+            newest = max(tuples.values())
+            old = sorted(n for n, t in tuples.items() if t < newest)
+            level = "error" if any(t[0] != newest[0] for t in tuples.values()) else "warning"
+            out.append(_f(level, None, f"{label} versions differ ("
+                          + ", ".join(f"{n} {versions[n]}" for n in sorted(versions))
+                          + f"): guests started on the newer cannot always move to "
+                          f"{', '.join(old)}"))
+    for vm, where in sorted(placement(ok).items()):
+        if len(where["running"]) > 1:
+            out.append(_f("error", None, f"VM {vm} runs on {len(where['running'])} nodes: "
+                                         f"{', '.join(where['running'])}"))
+        elif where["model"] and where["running"] and where["running"][0] != where["model"]:
+            out.append(_f("warning", where["running"][0],
+                          f"VM {vm} runs on {where['running'][0]}, the model places it on "
+                          f"{where['model']}: salt-run kvmcluster.migrate vm={vm} "
+                          f"target={where['model']}"))
+        elif len(where["running"]) + len(where["stopped"]) > 1:
+            out.append(_f("warning", None, f"VM {vm} is defined on "
+                          + ", ".join(sorted(where["running"] + where["stopped"]))))
+    return sorted(out, key=lambda f: (f["level"] != "error", f["node"] or "", f["what"]))
+
+
+# ---- the table ------------------------------------------------------------------------
+
+def _gib(n):
+    return f"{n / GIB:.0f}G" if isinstance(n, (int, float)) else "?"
+
+
+def _pool_cell(pool):
+    if not pool:
+        return "-"
+    if not pool.get("active"):
+        return "INACTIVE" if pool.get("defined") else "MISSING"
+    return f"{pool.get('path')} {_gib(pool.get('available'))} free"
+
+
+def _port_cell(br):
+    cells = []
+    for port in br.get("ports") or []:
+        if port.get("kind") == "bond":
+            slaves = ",".join(
+                s["name"] + ("" if s.get("carrier") else "(down)")
+                + ("(no-lacp)" if s.get("lacp_in_aggregator") is False else "")
+                for s in port.get("slaves", []))
+            cells.append(f"{port['name']}[{port.get('mode')}:{slaves}]")
+        else:
+            cells.append(port["name"])
+    return " ".join(cells) or "-"
+
+
+def row(name, rep, window=None):
+    """One node's cells, in the order of COLUMNS."""
+    if rep.get("unreachable"):
+        return [name, "UNREACHABLE"] + [""] * (len(COLUMNS) - 2)
+    if rep.get("model_error"):
+        return [name, "MODEL ERROR"] + [""] * (len(COLUMNS) - 2)
+    br = rep.get("bridge") if isinstance(rep.get("bridge"), dict) else {}
+    lv = rep.get("libvirt") if isinstance(rep.get("libvirt"), dict) else {}
+    pools = lv.get("pools") or {}
+    share = rep.get("share") if isinstance(rep.get("share"), dict) else None
+    vms = lv.get("vms") or {}
+    cpu = lv.get("cpu") or {}
+    if share is None:
+        share_cell = "-"
+    elif not share.get("mounted"):
+        share_cell = "NOT MOUNTED"
+    else:
+        share_cell = f"{share.get('fstype')} " + ("rw" if share.get("writable") else "NOT WRITABLE")
+    addr = ",".join(a for a in br.get("addresses", []) if ":" not in a) if br else \
+        str((rep.get("model") or {}).get("ip") or "-")
+    off = clock_offset(rep, window)
+    pend = rep.get("network_pending")
+    return [
+        name,
+        (f"{br.get('name')} " if br.get("exists") else "") + (addr or "-"),
+        _port_cell(br) if br.get("exists") else ("NO BRIDGE" if br else "-"),
+        str(br.get("mtu") or "-"),
+        str(rep.get("libvirtd") or "-"),
+        _pool_cell(pools.get("primary")),
+        _pool_cell(pools.get("secondary")),
+        share_cell,
+        f"{len(vms.get('running') or [])}/{len(vms.get('running') or []) + len(vms.get('stopped') or [])}"
+        if lv else "-",
+        f"{cpu.get('model') or '-'}",
+        f"{lv.get('libvirt_version', '-')}/{lv.get('qemu_version', '-')}" if lv else "-",
+        (pend.get("phase") if isinstance(pend, dict) and pend.get("phase") else "-"),
+        "-" if off is None else f"{off:+.1f}s",
+    ]
+
+
+COLUMNS = ["NODE", "BRIDGE ADDRESS", "PORT", "MTU", "LIBVIRTD", "PRIMARY", "SECONDARY",
+           "SHARE", "VMS RUN/ALL", "CPU", "LIBVIRT/QEMU", "NET TXN", "CLOCK"]
+
+
+def table(reports, found, window=None):
+    """The cluster at a glance: one line per node, then the findings."""
+    rows = [COLUMNS] + [row(n, reports[n], window) for n in sorted(reports)]
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.append("")
+    if not found:
+        lines.append("no findings: the nodes agree")
+    for f in found:
+        where = f"{f['node']}: " if f["node"] else ""
+        lines.append(f"{f['level'].upper():7} {where}{f['what']}")
+    return "\n".join(lines)
