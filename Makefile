@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 LAB := PYTHONPATH=test $(PY) -m lab
 APT_PKGS := debootstrap qemu-system-x86 qemu-utils python3-venv python3-libvirt apt-utils \
-	e2fsprogs iproute2 openssh-client iputils-ping sudo
+	e2fsprogs iproute2 openssh-client iputils-ping sudo glusterfs-server glusterfs-client
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done
 

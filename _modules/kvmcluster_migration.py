@@ -58,6 +58,24 @@ def _as_dict(value, what):
     return value
 
 
+# Filesystems libvirt knows to be shared (virFileIsSharedFS): only on these does it leave a
+# disk in place during a migration; elsewhere it refuses ("unsafe"), and so does the check.
+SHARED_FS = {"nfs", "nfs4", "gfs2", "gfs2meta", "ocfs2", "afs", "smb", "smb2", "smb3", "cifs",
+             "ceph", "gpfs", "fuse.glusterfs", "fuse.quobyte", "acfs", "beegfs"}
+
+
+def _fstype(path):
+    """The type of the filesystem ``path`` is on, as the mount table names it."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+
+    try:
+        proc = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", path],
+                              capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.strip() or None
+
+
 def _under(path, directory):
     directory = directory.rstrip("/") + "/"
     return bool(path) and os.path.normpath(path).startswith(directory)
@@ -228,9 +246,16 @@ def check(vm_plan, parameters=None, cluster=None, uri=DEFAULT_URI):
         need = 0
         for d in vm.get("disks") or []:
             if d.get("shared"):
+                fstype = _fstype(d["path"])
                 if not os.path.exists(d["path"]):
                     reasons.append(f"disk {d['target']} ({d['path']}) is on the shared storage "
                                    f"but {me} does not see it")
+                elif fstype not in SHARED_FS:
+                    reasons.append(
+                        f"disk {d['target']} ({d['path']}) is on a {fstype} filesystem, which "
+                        "libvirt does not know as shared (NFS, CephFS, GlusterFS, GFS2, OCFS2, "
+                        "CIFS...): it refuses to leave it in place; such VMs need storage: "
+                        "primary (copied when they move)")
                 continue
             if os.path.dirname(d["path"]) != primary["path"].rstrip("/"):
                 reasons.append(f"disk {d['target']} ({d['path']}) is neither on the shared "
@@ -300,7 +325,8 @@ def prepare(vm_plan, copy, parameters=None, cluster=None, uri=DEFAULT_URI):
             if d["target"] not in copy:
                 continue
             if os.path.dirname(d["path"]) != primary["path"].rstrip("/") or \
-                    os.path.exists(d["path"]):
+                    os.path.exists(d["path"]) or _vol_exists(pool, d["path"]):
+                _delete_made(conn, made)
                 raise CommandExecutionError(f"{d['path']}: not a free path of the primary pool "
                                             "here")
             try:
@@ -315,6 +341,15 @@ def prepare(vm_plan, copy, parameters=None, cluster=None, uri=DEFAULT_URI):
         return {"made": made}
     finally:
         conn.close()
+
+
+def _vol_exists(pool, path):
+    libvirt = _libvirt()
+    try:
+        pool.storageVolLookupByName(os.path.basename(path))
+        return True
+    except libvirt.libvirtError:
+        return False
 
 
 def _delete_made(conn, paths):
@@ -385,6 +420,7 @@ def migrate(name, target, copy=(), parameters=None, cluster=None, uri=DEFAULT_UR
             # the VM's own layer moves, a linked clone's golden base stays on the share.
             flags |= libvirt.VIR_MIGRATE_NON_SHARED_INC
             params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = copy
+        autostart = bool(dom.autostart())  # not carried by libvirt's migration
         started = time.monotonic()
         try:
             dom.migrateToURI3(duri, params, flags)
@@ -402,6 +438,9 @@ def migrate(name, target, copy=(), parameters=None, cluster=None, uri=DEFAULT_UR
         try:
             ddom = dconn.lookupByName(name)
             stats = ddom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+            if autostart:
+                ddom.setAutostart(1)
+            out["autostart"] = bool(ddom.autostart())
             out["running_on_target"] = bool(ddom.isActive())
             out["persistent_on_target"] = bool(ddom.isPersistent())
         finally:

@@ -955,7 +955,7 @@ def _check_dns_dhcp(errors, c, nodes, subnets):
 
 IMAGE_KEYS = {"volume", "path", "format", "kernel", "initrd", "cmdline"}
 VM_KEYS = {"node", "image", "vcpus", "memory_mb", "disk_gb", "disks", "clone", "mac", "ip",
-           "autostart", "state"}
+           "autostart", "state", "storage"}
 VM_STATES = {"running", "stopped", "absent"}
 CLONES = {"full", "linked"}
 IMAGE_FORMATS = {"raw", "qcow2"}
@@ -1092,6 +1092,18 @@ def _check_vms(errors, c, nodes, subnets, seen):
         if not _one_of(res["clone"], CLONES):
             errors.add(None, f"{key}:clone", f"{_q(res['clone'])} must be full (a copy in the "
                        "primary pool) or linked (qcow2 backed by the golden image)")
+        # Where its disks live: the node's primary pool, or the shared secondary storage
+        # (its disks then stay put when it migrates).
+        res["storage"] = vm.get("storage", d.get("storage", "primary"))
+        if not _one_of(res["storage"], ("primary", "secondary")):
+            errors.add(None, f"{key}:storage", f"{_q(res['storage'])} must be primary (the "
+                       "node's pool) or secondary (the shared storage)")
+        elif res["storage"] == "secondary" and not c["storage"]["secondary"].get("enabled"):
+            errors.add(None, f"{key}:storage", "secondary, but kvmcluster:storage:secondary is "
+                       "not enabled")
+        st = c["storage"]
+        res["pool"] = (st["secondary"].get("pool") or {}).get("name") \
+            if res["storage"] == "secondary" else st["primary"].get("name")
         res["state"] = vm.get("state", d.get("state"))
         if not _one_of(res["state"], VM_STATES):
             errors.add(None, f"{key}:state", f"{_q(res['state'])} must be running, stopped or "

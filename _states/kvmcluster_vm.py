@@ -94,10 +94,10 @@ def _plan(view, vms, uri):
                                  f"{gold['capacity'] / GIB:.1f} GiB, larger than disk_gb "
                                  f"{vm['disk_gb']}")
             for vol in _volume_names(vm):
-                if __salt__["kvmcluster_vm.volume_exists"](pri_pool, vol, uri=uri):
+                if __salt__["kvmcluster_vm.volume_exists"](vm["pool"], vol, uri=uri):
                     raise sk.Refused(f"VM {name}: volume {vol} already exists in pool "
-                                     f"{pri_pool} and no VM of that name does; remove or "
-                                     "rename it first (it is not the formula's to reuse)")
+                                     f"{vm['pool']} and no VM of that name does here; remove "
+                                     "or rename it first (it is not the formula's to reuse)")
             changes[name] = {"old": None, "new": want}
             continue
         have = _have(cur)
@@ -185,7 +185,7 @@ def _check_capacity(view, vms, changes, uri):
 
 def _create(view, vm, uri):
     """Clone, define, autostart, start; on failure, what this run made is removed again."""
-    pri_pool = view["storage"]["primary"]["name"]
+    pri_pool = vm["pool"]
     sec_pool = view["storage"]["secondary"]["pool"]["name"]
     img = view["images"][vm["image"]]
     made = []
@@ -290,14 +290,13 @@ def managed(name, uri="qemu:///system"):
 
     def apply(changes):
         notes = []
-        pool = view["storage"]["primary"]["name"]
         protected = _golden_paths(view, uri)
         # Removals first: they free what the others may need.
         for vm_name in sorted(changes, key=lambda n: changes[n]["new"] is not None):
             ch, vm = changes[vm_name], vms[vm_name]
             if ch["new"] is None:
-                gone = __salt__["kvmcluster_vm.remove"](vm_name, pool, protected=protected,
-                                                        uri=uri)
+                gone = __salt__["kvmcluster_vm.remove"](vm_name, vm["pool"],
+                                                        protected=protected, uri=uri)
                 kept = "; kept " + ", ".join(f"{p} ({why})" for p, why in gone["kept"].items()) \
                     if gone["kept"] else ""
                 notes.append(f"{vm_name}: removed with {len(gone['deleted'])} volume(s){kept}")

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from . import image, master, net, netprep, nodes, paths, saltcfg, spec
+from . import image, master, net, netprep, nodes, paths, saltcfg, shared, spec
 from .run import run, say
 
 REPO_PORT = 8080
@@ -90,11 +90,14 @@ def up(containers=3, vms=0, timeout=None, with_master=False, backends=(), manage
     rack = spec.make(containers, vms, backends, management)
     say(f"network: lab bridge {net.BRIDGE} in namespace {net.SWITCH}, subnet {net.SUBNET}")
     net.create_switch()
-    # The shared storage every container node sees at the same path, fresh for each lab.
+    # The shared storage every container node sees at the same path, fresh for each lab:
+    # a GlusterFS volume (a filesystem libvirt knows to be shared).
     shutil.rmtree(paths.SHARED, ignore_errors=True)
-    paths.SHARED.mkdir(mode=0o755, parents=True)
+    shutil.rmtree(shared.DIR, ignore_errors=True)
     save_state({"spec": [n.to_dict() for n in rack], "mounts": [], "children": {},
                 "master": with_master})
+    if any(n.kind == "container" for n in rack):
+        shared.start()
     for n in rack:
         say(f"preparing {n.kind} node {n.name} ({n.ip})")
         nodes.prepare(n)
@@ -252,6 +255,7 @@ def down():
     for rec in st.get("children", {}).values():
         if same_process(rec):
             os.kill(rec["pid"], signal.SIGKILL)
+    shared.stop()
     # Whatever still lives in a lab namespace (a node's init whose nspawn died) goes too.
     for _ in range(10):
         pids = [p for p in _netns_pids() if alive(p)]
@@ -273,6 +277,7 @@ def down():
     # The master's keys belong to this lab's minions; a new lab has new ones.
     shutil.rmtree(master.MASTER_DIR, ignore_errors=True)
     shutil.rmtree(paths.SHARED, ignore_errors=True)
+    shutil.rmtree(shared.DIR, ignore_errors=True)
     if paths.STATE_FILE.exists():
         paths.STATE_FILE.unlink()
     say("lab down")

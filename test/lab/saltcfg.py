@@ -98,12 +98,15 @@ def _migration_over_ssh(k, nodes):
 
 # The lab's VMs: three tiny guests on two nodes, made from the golden image on the shared
 # storage (a host directory bound into every container node: storage type external).
-VM_IPS = {"vm1": f"{SUBNET_BASE}.111", "vm2": f"{SUBNET_BASE}.112", "vm3": f"{SUBNET_BASE}.113"}
+VM_IPS = {"vm1": f"{SUBNET_BASE}.111", "vm2": f"{SUBNET_BASE}.112", "vm3": f"{SUBNET_BASE}.113",
+          "vm4": f"{SUBNET_BASE}.114"}
 LAB_VMS = {
     "vm1": {"node": "kvm01", "image": "tiny", "ip": VM_IPS["vm1"]},
     "vm2": {"node": "kvm02", "image": "tiny", "ip": VM_IPS["vm2"], "clone": "linked"},
     # Its kernel command line tells the guest to ignore the ACPI power button.
     "vm3": {"node": "kvm02", "image": "tiny-stubborn", "ip": VM_IPS["vm3"]},
+    # Its disk on the shared storage: it migrates without a copy.
+    "vm4": {"node": "kvm01", "image": "tiny", "ip": VM_IPS["vm4"], "storage": "secondary"},
 }
 
 
