@@ -122,6 +122,8 @@ def plan(name, parameters=None, cluster=None, uri=DEFAULT_URI):
             raise CommandExecutionError(f"VM {name} is not on {view['self']['name']}") from exc
         root = ET.fromstring(dom.XMLDesc(0))
         cpu = root.find("cpu")
+        # As defined: what the VM boots with on its next start, on whichever node it is.
+        defined = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)).find("cpu")
         info = dom.info()
         disks = []
         for d in root.findall("devices/disk"):
@@ -150,6 +152,8 @@ def plan(name, parameters=None, cluster=None, uri=DEFAULT_URI):
             "machine": root.find("os/type").get("machine"),
             "memory_mb": info[1] // 1024, "vcpus": info[3],
             "cpu_xml": ET.tostring(cpu, encoding="unicode") if cpu is not None else None,
+            "cpu_xml_defined": ET.tostring(defined, encoding="unicode")
+                               if defined is not None else None,
             "network": nic.get("network") if nic is not None else None,
             "bridge": nic.get("bridge") if nic is not None else None,
             "disks": disks,
@@ -180,26 +184,31 @@ def _capacity_reasons(conn, view, vm):
     return why
 
 
-def _cpu_reason(conn, vm):
-    """Why this node's hypervisor cannot run the VM's CPU, or None."""
+def _cpu_reasons(conn, vm, me):
+    """Why this node's hypervisor cannot run the VM's CPU as it runs now (live) or as it is
+    defined (its next boot, here): libvirt's own comparison."""
     libvirt = _libvirt()
-    if not vm.get("cpu_xml"):
-        return None
-    cpu = ET.fromstring(vm["cpu_xml"])
-    if cpu.get("mode") in ("host-passthrough", "maximum"):
-        return (f"its CPU is {cpu.get('mode')}: the guest sees the source's exact CPU, which "
-                "no other node can promise; use host-model or a named model")
-    if cpu.find("model") is None:
-        return None
-    try:
-        res = conn.compareHypervisorCPU(None, vm.get("arch"), vm.get("machine"),
-                                        vm.get("domain_type"), vm["cpu_xml"], 0)
-    except libvirt.libvirtError as exc:
-        return f"CPU {cpu.findtext('model')}: {exc.get_error_message()}"
-    if res == libvirt.VIR_CPU_COMPARE_INCOMPATIBLE:
-        return (f"CPU model {cpu.findtext('model')} (with its features) is not available "
-                f"to {vm.get('domain_type')} guests here")
-    return None
+    out = []
+    for key, what in (("cpu_xml", "it runs with"), ("cpu_xml_defined", "it is defined with")):
+        if not vm.get(key):
+            continue
+        cpu = ET.fromstring(vm[key])
+        if cpu.get("mode") in ("host-passthrough", "maximum"):
+            return [f"its CPU is {cpu.get('mode')}: the guest sees the source's exact CPU, "
+                    "which no other node can promise; use host-model or a named model"]
+        if cpu.find("model") is None:
+            continue
+        try:
+            res = conn.compareHypervisorCPU(None, vm.get("arch"), vm.get("machine"),
+                                            vm.get("domain_type"), vm[key], 0)
+        except libvirt.libvirtError as exc:
+            out.append(f"the CPU {what} ({cpu.findtext('model')}): "
+                       f"{exc.get_error_message()}")
+            continue
+        if res == libvirt.VIR_CPU_COMPARE_INCOMPATIBLE:
+            out.append(f"the CPU model {what}, {cpu.findtext('model')} (and its features), is "
+                       f"not available to {vm.get('domain_type')} guests on {me}")
+    return out
 
 
 def check(vm_plan, parameters=None, cluster=None, uri=DEFAULT_URI):
@@ -239,9 +248,7 @@ def check(vm_plan, parameters=None, cluster=None, uri=DEFAULT_URI):
                 reasons.append(f"libvirt network {vm['network']} is not defined on {me}")
         if vm.get("bridge") and not os.path.isdir(f"/sys/class/net/{vm['bridge']}/bridge"):
             reasons.append(f"bridge {vm['bridge']} does not exist on {me}")
-        why = _cpu_reason(conn, vm)
-        if why:
-            reasons.append(why)
+        reasons += _cpu_reasons(conn, vm, me)
         primary = view["storage"]["primary"]
         need = 0
         for d in vm.get("disks") or []:

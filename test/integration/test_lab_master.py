@@ -1,13 +1,14 @@
 """The same formula from a salt-master: highstate on minions installed from wheels, the
 cluster pillar from the master with one pillar file per node. Replaces the salt-ssh lab
 with a fresh one of three container nodes plus the master."""
+import json
 import time
 
 import pytest
 
 from lab import control, master, report
 from lab.report import summarize
-from labtest import BACKENDS, FINGERPRINTS, Lab, fingerprint, record_timing
+from labtest import BACKENDS, FINGERPRINTS, Lab, fingerprint, record_timing, show
 
 NODES = ["kvm01", "kvm02", "kvm03"]
 
@@ -85,3 +86,27 @@ def test_per_node_pillar_changes_only_that_node(master_lab):
         assert master_lab.ssh("kvm01", "sysctl -n net.core.somaxconn").strip() == "1024"
     finally:
         master.set_node_pillar("kvm02", {})
+
+
+def test_status_runner_through_the_minions(master_lab):  # noqa: ARG001
+    """The cluster view from the master: the runner and its shared code synced from the
+    formula's file_roots as an operator does, the report module on the minions."""
+    highstate()  # converged, whatever ran before
+    for argv in (("salt-run", "saltutil.sync_all"), ("salt", "*", "saltutil.sync_all")):
+        proc = (master.salt_run(*argv[1:]) if argv[0] == "salt-run"
+                else master.salt(*argv[1:], "--timeout=120"))
+        assert proc.returncode == 0, proc.stdout[-1500:] + proc.stderr[-1500:]
+    t0 = time.monotonic()
+    table = master.salt_run("kvmcluster.status")
+    took = time.monotonic() - t0
+    assert table.returncode == 0, table.stdout[-3000:] + table.stderr[-2000:]
+    show("salt-run kvmcluster.status (salt-master, 3 minions)", table.stdout.strip())
+    record_timing("salt-run kvmcluster.status through the minions, 3 nodes", took)
+    data = json.loads(master.salt_run("kvmcluster.status", "--out=json").stdout)
+    assert sorted(data["nodes"]) == NODES
+    assert not [f for f in data["findings"] if f["level"] == "error"], data["findings"]
+    for n in NODES:
+        rep = data["nodes"][n]
+        assert rep["bridge"]["exists"] and rep["libvirtd"] == "active", rep
+        assert rep["libvirt"]["pools"]["primary"]["path"] == "/data01/primary"
+        assert table.stdout.count(f"\n{n} ") == 1

@@ -4,6 +4,7 @@ lease their address and name by DHCP from the management node and print them on 
 serial console (a file on their node)."""
 import hashlib
 import json
+import subprocess
 import time
 
 import pytest
@@ -46,8 +47,11 @@ def converged(vms_lab):
 @pytest.fixture
 def at_base(vms_lab, converged):  # noqa: ARG001
     """Each test starts from the lab's VM pillar, applied: what an earlier test changed is
-    put back (a VM another test removed or stopped is made again or started)."""
+    put back (a VM another test moved is migrated home, one it removed or stopped is made
+    again or started)."""
     vms_lab.reset_pillar()
+    placed = saltcfg.salt_run("kvmcluster.place", "ssh=True", "--out=json", timeout=900)
+    assert placed.returncode == 0, placed.stdout[-2000:] + placed.stderr[-1500:]
     results, proc = vms_lab.apply()
     for n in NODES:
         assert summarize(results[n])["failed"] == 0, (n, summarize(results[n])["failures"],
@@ -57,8 +61,9 @@ def at_base(vms_lab, converged):  # noqa: ARG001
     return vms_lab
 
 
-def console(lab, vm):
-    return lab.ssh(HOME_OF[vm], f"cat /var/log/libvirt/qemu/{vm}-console.log 2>/dev/null || true")
+def console(lab, vm, node=None):
+    return lab.ssh(node or HOME_OF[vm],
+                   f"cat /var/log/libvirt/qemu/{vm}-console.log 2>/dev/null || true")
 
 
 def console_line(lab, vm, marker, timeout, after=0):
@@ -102,7 +107,7 @@ def test_one_apply_runs_the_vms_with_their_leases_and_names(vms_lab, converged):
             assert predicted[n][key]["result"] in (None, True), (n, key)
             assert predicted[n][key]["changes"] == real["changes"], (n, key)
         assert summarize(second[n])["changed"] == 0, (n, summarize(second[n])["changed_ids"])
-    assert set(vm_result(first, "kvm01")["changes"]) == {"vm1"}
+    assert set(vm_result(first, "kvm01")["changes"]) == {"vm1", "vm4"}
     assert set(vm_result(first, "kvm02")["changes"]) == {"vm2", "vm3"}
     assert vm_result(first, "kvm02")["changes"]["vm2"]["new"]["clone"] == "linked"
     for vm, ip in saltcfg.VM_IPS.items():
@@ -258,3 +263,198 @@ def test_snapshot_create_list_delete_on_a_running_vm(at_base):
     assert d["active"] and d["snapshots"] == [] and d["disks"][0]["path"].endswith("vm1.qcow2")
     assert "vm1.s1.qcow2" not in lab.ssh("kvm01", "ls /data01/primary").split()
     show("snapshot s1 of running vm1", json.dumps({"made": made, "deleted": gone}))
+
+
+# ---- the cluster view and live migration ----------------------------------------------
+
+def run_json(*args, timeout=900):
+    proc = saltcfg.salt_run(*args, "--out=json", timeout=timeout)
+    try:
+        return json.loads(proc.stdout), proc
+    except ValueError as exc:
+        raise AssertionError(proc.stdout[-2000:] + proc.stderr[-2000:]) from exc
+
+
+def errors_of(data):
+    return [(f["node"], f["what"]) for f in data["findings"] if f["level"] == "error"]
+
+
+def running_on(lab, vm):
+    """The nodes whose libvirt runs ``vm`` (libvirt binding, through kvmcluster_vm.list)."""
+    proc = saltcfg.salt_ssh("kvm*", "kvmcluster_vm.list", "--out=json", "--static",
+                            timeout=300)
+    got = json.loads(proc.stdout)
+    return sorted(n for n, vms in got.items() if (vms.get(vm) or {}).get("state") == "running")
+
+
+def ticks(text):
+    return [int(ln.split()[1]) for ln in text.splitlines()
+            if ln.startswith(guest.TICK_MARKER + " ") and ln.split()[1].isdigit()]
+
+
+def test_status_of_the_cluster_then_each_fault_named(at_base):
+    lab = at_base
+    t0 = time.monotonic()
+    table = saltcfg.salt_run("kvmcluster.status", "ssh=True", timeout=300)
+    record_timing("salt-run kvmcluster.status ssh=True, converged, 3 nodes",
+                  time.monotonic() - t0)
+    assert table.returncode == 0, table.stdout[-3000:] + table.stderr[-1500:]
+    show("salt-run kvmcluster.status ssh=True (converged)", table.stdout.strip())
+    data, _ = run_json("kvmcluster.status", "ssh=True")
+    assert errors_of(data) == [] and sorted(data["nodes"]) == NODES
+    assert data["nodes"]["kvm01"]["share"]["fstype"] == "fuse.glusterfs"
+    # Faults: kvm01's bridge MTU by hand, kvm02's share gone, mgmt01 off the network.
+    lab.ssh("kvm01", "ip link set br0 mtu 1400")
+    lab.ssh("kvm02", "umount -l /mnt/secondary")
+    subprocess.run(["ip", "netns", "exec", "kvl-sw", "ip", "link", "set", "v-mgmt01", "down"],
+                   check=True)
+    try:
+        t0 = time.monotonic()
+        faulty = saltcfg.salt_run("kvmcluster.status", "ssh=True", "timeout=15", timeout=300)
+        took = time.monotonic() - t0
+        record_timing("salt-run kvmcluster.status ssh=True with 3 faults (one node down)", took)
+        assert faulty.returncode == 1, faulty.stdout[-3000:]
+        show("salt-run kvmcluster.status ssh=True: MTU changed on kvm01, share unmounted on "
+             f"kvm02, mgmt01 down (exit {faulty.returncode}, {took:.1f} s)",
+             faulty.stdout.strip())
+        assert took < 90
+        data, _ = run_json("kvmcluster.status", "ssh=True", "timeout=15")
+        errs = errors_of(data)
+        assert ("kvm01", "bridge br0 MTU 1400, the model says 1500") in errs, errs
+        assert ("kvm02", "shared storage /mnt/secondary is not mounted") in errs, errs
+        assert any(n == "mgmt01" and w.startswith("unreachable:") for n, w in errs), errs
+    finally:
+        subprocess.run(["ip", "netns", "exec", "kvl-sw", "ip", "link", "set", "v-mgmt01",
+                        "up"], check=True)
+        lab.ssh("kvm01", "ip link set br0 mtu 1500")
+        # The share comes back with the node's bind mount: reboot kvm02 (its VMs autostart).
+        lab.ssh("kvm02", "systemd-run --on-active=1 systemctl reboot")
+        time.sleep(5)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            up = lab.ssh("kvm02", "systemctl is-system-running", check=False, timeout=20)
+            if up.strip() in ("running", "degraded"):
+                break
+            time.sleep(3)
+    assert lab.ssh("kvm02", "findmnt -n -o FSTYPE /mnt/secondary").strip() == "fuse.glusterfs"
+
+
+def migrate(vm, target, *extra):
+    t0 = time.monotonic()
+    data, proc = run_json("kvmcluster.migrate", f"vm={vm}", f"target={target}", "ssh=True",
+                          *extra)
+    return data, proc, time.monotonic() - t0
+
+
+def test_live_migration_with_a_copied_disk_and_with_a_shared_disk(at_base):
+    lab = at_base
+    for vm, how in (("vm1", "node-local disk copied"), ("vm4", "disk on the shared storage")):
+        before = ticks(console(lab, vm, "kvm01"))
+        assert before, f"{vm} prints no counter on kvm01"
+        data, proc, took = migrate(vm, "kvm02")
+        assert proc.returncode == 0 and data["migrated"], data
+        assert data["copied"] == (["vda"] if vm == "vm1" else []), data
+        after = []
+        deadline = time.monotonic() + 30
+        while len(after) < 2 and time.monotonic() < deadline:
+            after = ticks(console(lab, vm, "kvm02"))
+            time.sleep(1)
+        # The counter goes on from where it was on kvm01: the guest never restarted.
+        assert after and after[0] > 1 and after[0] >= before[-1], (before[-3:], after[:3])
+        assert after == list(range(after[0], after[0] + len(after))), after[:10]
+        assert running_on(lab, vm) == ["kvm02"]
+        listed = {n: lab.ssh(n, "virsh list --all --name").split() for n in ("kvm01", "kvm02")}
+        assert vm not in listed["kvm01"] and vm in listed["kvm02"], listed
+        record_timing(f"live migration of {vm} kvm01 -> kvm02 ({how}): libvirt downtime ms",
+                      data["downtime_ms"])
+        record_timing(f"live migration of {vm} kvm01 -> kvm02 ({how}): migration s",
+                      data["seconds"])
+        record_timing(f"live migration of {vm} kvm01 -> kvm02 ({how}): runner total s", took)
+        show(f"{vm} migrated live kvm01 -> kvm02 ({how})",
+             f"downtime {data['downtime_ms']} ms, migration {data['seconds']} s, runner "
+             f"{data['total_seconds']} s, copied {data['copied']}, source cleanup "
+             f"{data.get('source_cleanup')}\nlast ticks on kvm01: {before[-2:]}, first on "
+             f"kvm02: {after[:2]}\nvirsh list kvm01: {listed['kvm01']}\n"
+             f"virsh list kvm02: {listed['kvm02']}")
+    # The copy left on kvm01 went with the move; the shared disk stays where it is.
+    assert "vm1.qcow2" not in lab.ssh("kvm01", "ls /data01/primary").split()
+    assert (paths.SHARED / "vm4.qcow2").exists()
+
+
+CPUODD_PY = r"""
+import libvirt
+c = libvirt.open("qemu:///system")
+d = c.defineXML('''<domain type='qemu'><name>cpuodd</name><memory unit='MiB'>96</memory>
+<os><type arch='x86_64'>hvm</type><kernel>/mnt/secondary/boot/vmlinuz</kernel>
+<initrd>/mnt/secondary/boot/tiny-initrd</initrd><cmdline>console=ttyS0 panic=-1</cmdline></os>
+<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>Icelake-Server</model></cpu>
+<devices><serial type='pty'/></devices></domain>''')
+d.create()
+print(d.isActive())
+"""
+CPUODD_GONE_PY = r"""
+import libvirt
+c = libvirt.open("qemu:///system")
+for d in c.listAllDomains(0):
+    if d.name() == "cpuodd":
+        if d.isActive():
+            d.destroy()
+        d.undefine()
+"""
+
+
+def test_migration_refused_before_anything_moves(at_base):
+    lab = at_base
+    # No room on the target: the pillar's reserve takes all of its memory.
+    tight = with_edit(lab)
+    tight["kvmcluster"]["vm"]["memory_reserve_mb"] = 1 << 22
+    lab.set_pillar(tight)
+    try:
+        data, proc, _ = migrate("vm1", "kvm02")
+    finally:
+        lab.reset_pillar()
+    assert proc.returncode == 1 and not data["migrated"], data
+    assert any(r.startswith("memory: ") for r in data["refused"]), data["refused"]
+    show("migration refused: capacity", "\n".join(data["refused"]))
+    assert running_on(lab, "vm1") == ["kvm01"]
+    # A CPU model the target's hypervisor cannot give (simulated: a VM defined by hand with
+    # a model this lab's emulated CPU lacks; check='none' lets it start degraded on kvm01).
+    assert lab.ssh("kvm01", "python3 -", input=CPUODD_PY).strip() == "1"
+    try:
+        data, proc, _ = migrate("cpuodd", "kvm02")
+        assert proc.returncode == 1 and not data["migrated"], data
+        assert data["refused"] == ["the CPU model it is defined with, Icelake-Server (and its "
+                                   "features), is not available to qemu guests on kvm02"], data
+        show("migration refused: CPU", "\n".join(data["refused"]))
+        assert running_on(lab, "cpuodd") == ["kvm01"]
+        assert "cpuodd" not in lab.ssh("kvm02", "virsh list --all --name").split()
+    finally:
+        lab.ssh("kvm01", "python3 -", input=CPUODD_GONE_PY)
+
+
+def test_a_placement_change_moves_the_vm_live_one_copy_only(at_base):
+    lab = at_base
+    before = ticks(console(lab, "vm1", "kvm01"))
+    lab.set_pillar(with_edit(lab, vm1={"node": "kvm02"}))
+    try:
+        # Applied alone, kvm02 refuses to start a second vm1: it answers on kvm01.
+        alone, _ = lab.apply_on("kvm02")
+        res = vm_result(alone, "kvm02")
+        assert res["result"] is False and res["changes"] == {}, res
+        assert "vm1 is not on kvm02 but answers at 172.30.10.111" in res["comment"], res
+        show("kvm02 refuses a second copy of vm1", res["comment"])
+        t0 = time.monotonic()
+        proc = saltcfg.salt_run("state.orchestrate", "kvmcluster.orch.vms",
+                                'pillar={"ssh": true}', "--out=json", timeout=1200)
+        record_timing("placement change of vm1 by the orchestration (migrate + apply)",
+                      time.monotonic() - t0)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1500:]
+        assert running_on(lab, "vm1") == ["kvm02"]
+        assert "vm1" not in lab.ssh("kvm01", "virsh list --all --name").split()
+        after = ticks(console(lab, "vm1", "kvm02"))
+        assert after and after[0] >= before[-1] > 0, (before[-2:], after[:2])
+        again, _ = lab.apply()
+        for n in NODES:
+            assert summarize(again[n])["changed"] == 0, (n, summarize(again[n])["changed_ids"])
+    finally:
+        lab.reset_pillar()

@@ -100,6 +100,13 @@ def salt(*args, timeout=2400):
                           timeout=timeout)
 
 
+def salt_run(*args, timeout=600):
+    """salt-run with the lab master's configuration (its runners synced from file_roots)."""
+    return subprocess.run(["ip", "netns", "exec", net.CONTROLLER, str(VENV_BIN / "salt-run"),
+                           f"--config-dir={MASTER_DIR}", *args],
+                          capture_output=True, text=True, check=False, timeout=timeout)
+
+
 def salt_key(*args):
     return subprocess.run(["ip", "netns", "exec", net.CONTROLLER, str(VENV_BIN / "salt-key"),
                            f"--config-dir={MASTER_DIR}", *args],
