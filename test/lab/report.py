@@ -155,6 +155,11 @@ def demo():
         print(f"  {vm} on {saltcfg.LAB_VMS[vm]['node']}: "
               + (" ".join(res.stdout.split()) + " answers ping" if res.returncode == 0
                  else "no answer"))
+    print("\n== the cluster as one system: salt-run kvmcluster.status ssh=True")
+    status = saltcfg.salt_run("kvmcluster.status", "ssh=True", timeout=300)
+    print("\n".join(ln for ln in status.stdout.splitlines() if not ln.startswith(
+        ("errors:", "warnings:", "retcode:", "    "))).strip())
+    print(f"  (exit {status.returncode})")
     print(f"  state.apply took {apply_s:.0f}s; demo {time.monotonic() - t0:.0f}s in all")
     print("\n== reach the nodes")
     for n in spec.from_dicts(st["spec"]):
@@ -162,7 +167,7 @@ def demo():
     print(f"  salt-ssh:  make lab ARGS=\"salt '*' test.ping\"   (Saltfile "
           f"{saltcfg.SALT_DIR / 'Saltfile'})")
     print("  stop it:   make lab-down")
-    ok = proc.returncode == 0 and confirmed == len(hypervisors) and \
+    ok = proc.returncode == 0 and status.returncode == 0 and confirmed == len(hypervisors) and \
         resolved == len(hypervisors) and reached == len(saltcfg.VM_IPS) and \
         len(summaries) == len(st["spec"]) and all(f == "0" for *_, f in summaries)
     return 0 if ok else 1

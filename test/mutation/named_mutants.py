@@ -78,6 +78,35 @@ MUTS.update({
     "a volume of another pool is deleted": (
         *VM, "            elif in_pool != pool or v.get(\"pool\") != pool:", "            elif False:"),
 })
+MIG = ("_modules/kvmcluster_migration.py", "test/unit/test_migration_unit.py")
+MIG_STATE = ("_states/kvmcluster_migration.py", "test/unit/test_migration_unit.py")
+MUTS.update({
+    "the source deletes disks while the VM is still defined there": (
+        *MIG, "            conn.lookupByName(name)\n            return {\"deleted\": []",
+        "            conn.lookupByName(\"-no-such-domain-\")\n            return {\"deleted\": []"),
+    "the source deletes a disk another domain uses": (
+        *MIG, "            if path in used:\n                kept[path]", "            if False:\n                kept[path]"),
+    "the source deletes outside the primary pool": (
+        *MIG, "            if os.path.dirname(path) != os.path.normpath(primary[\"path\"]):\n                kept[path]",
+        "            if False:\n                kept[path]"),
+    "the target overwrites an existing disk": (
+        *MIG, "os.path.exists(d[\"path\"]) or _vol_exists(pool, d[\"path\"]):",
+        "False:"),
+    "migration over unauthenticated TCP": (
+        *MIG, "    return f\"qemu+ssh://{user}@{node['ip']}/system\"",
+        "    return f\"qemu+tcp://{node['ip']}/system\""),
+    "host keys not checked": (
+        *MIG_STATE, "            \"    StrictHostKeyChecking yes\\n\"", "            \"    StrictHostKeyChecking no\\n\""),
+    "the migration key readable by all": (
+        *MIG_STATE, "return {KEY_FILE: (key, 0o600)", "return {KEY_FILE: (key, 0o644)"),
+    "the migration key admitted from anywhere": (
+        "_states/kvmcluster_account.py", "test/unit/test_migration_unit.py",
+        "    return [f'restrict,from=\"{\",\".join(peers)}\" {key} kvmcluster-migration']",
+        "    return [f'{key} kvmcluster-migration']"),
+    "a VM answering elsewhere is started again": (
+        "_states/kvmcluster_vm.py", "test/unit/test_migration_unit.py",
+        "            if seen:\n                raise sk.Refused(", "            if False:\n                raise sk.Refused("),
+})
 rows = []
 for name, (path, tests, old, new) in MUTS.items():
     work = pathlib.Path(tempfile.mkdtemp(prefix="kvmcluster-mutant-"))

@@ -210,3 +210,53 @@ def test_target_uri_is_ssh_to_the_account_or_tls_never_plain_tcp(mig):
         p["libvirt"]["tls"]["enabled"] = True
     assert mig.target_uri(view("kvm01", edit=tls), "kvm02") == \
         "qemu+tls://kvm02.cluster.example.com/system"
+
+
+# ---- never a second copy: the VM state before it makes a VM -------------------------
+
+vm_state = load_module("_states", "kvmcluster_vm")
+
+
+def _vm_view(answers):
+    def edit(p):
+        p["images"] = {"debian12": {"volume": "debian12-golden.qcow2", "format": "qcow2"}}
+        p["vms"] = {"web1": {"node": "kvm02", "image": "debian12", "ip": "172.30.10.111"}}
+    v = view("kvm02", edit=edit)
+    calls = []
+
+    def answers_fn(ip, mac=None):
+        calls.append((ip, mac))
+        return answers
+    vm_state.__salt__ = {
+        "kvmcluster_model.current": lambda: v,
+        "kvmcluster_vm.describe": lambda name, uri=None: {"name": name, "exists": False},
+        "kvmcluster_vm.answers": answers_fn,
+        "kvmcluster_pool.describe": lambda p, uri=None: {"active": True},
+        "kvmcluster_vm.golden": lambda img, pool, uri=None: {"path": "/mnt/secondary/g",
+                                                             "capacity": 1 << 30,
+                                                             "format": "qcow2"},
+        "kvmcluster_vm.volume_exists": lambda pool, name, uri=None: False,
+        "kvmcluster_vm.capacity": lambda uri=None: {"memory_mb": 65536, "cpus": 16,
+                                                     "committed": {}},
+    }
+    vm_state.__utils__ = utils_dunder()
+    return v, calls
+
+
+@pytest.mark.parametrize("test", [True, False])
+def test_a_vm_that_answers_elsewhere_is_never_started_again(test):
+    v, calls = _vm_view("echo reply")
+    vm_state.__opts__ = {"test": test}
+    res = vm_state.managed("kvmcluster-vms-managed")
+    assert res["result"] is False and res["changes"] == {}, res
+    assert "VM web1 is not on kvm02 but answers at 172.30.10.111 (echo reply)" in res["comment"]
+    assert "salt-run kvmcluster.migrate vm=web1 target=kvm02" in res["comment"]
+    assert calls == [("172.30.10.111", v["vms"]["web1"]["mac"])]
+
+
+def test_a_vm_that_answers_nowhere_is_planned_as_new():
+    _vm_view("")
+    vm_state.__opts__ = {"test": True}
+    res = vm_state.managed("kvmcluster-vms-managed")
+    assert res["result"] is None and list(res["changes"]) == ["web1"], res
+    assert res["changes"]["web1"]["old"] is None
