@@ -154,9 +154,10 @@ def _call(fun, tgt="*", tgt_type="glob", ssh=False, timeout=60, arg=(), kwarg=No
         from salt.client.ssh.client import SSHClient  # pylint: disable=import-outside-toplevel
 
         expected = sorted(_ssh_targets(tgt, tgt_type))
-        client = SSHClient(mopts=dict(__opts__))
-        got = client.cmd(expected, fun, arg=list(arg), timeout=timeout, tgt_type="list",
-                         kwarg=kwarg) or {}
+        # salt-ssh connects with ConnectTimeout = ssh_timeout + timeout (60 s more by
+        # default): here the connection gets the bound, at most 30 s, nothing added.
+        client = SSHClient(mopts=dict(__opts__, ssh_timeout=min(int(timeout), 30), timeout=0))
+        got = client.cmd(expected, fun, arg=list(arg), tgt_type="list", kwarg=kwarg) or {}
     else:
         import salt.utils.minions  # pylint: disable=import-outside-toplevel
 
