@@ -392,6 +392,8 @@ def _check_cluster(errors, c):
                        " (quote it in YAML)")
     _bool(errors, None, f"{ROOT}:libvirt:apparmor_pool_access", lv.get("apparmor_pool_access"))
     _bool(errors, None, f"{ROOT}:firewall:manage", c["firewall"].get("manage"))
+    _bool(errors, None, f"{ROOT}:packages:install_recommends",
+          c["packages"].get("install_recommends"))
     mig = c["migration"]
     _bool(errors, None, f"{ROOT}:migration:enabled", mig.get("enabled"))
     ports = mig.get("ports")

@@ -16,7 +16,7 @@ def _skeleton():
     return __utils__["kvmcluster_state.skeleton"]()
 
 
-def installed(name, pkgs, install_recommends=True, hypervisor_only=False):
+def installed(name, pkgs, install_recommends=None, hypervisor_only=False):
     """
     ``pkgs`` are installed (any version; upgrades are the site's package policy).
 
@@ -25,7 +25,8 @@ def installed(name, pkgs, install_recommends=True, hypervisor_only=False):
     pkgs
         Package names (map.jinja ``pkgs:*``).
     install_recommends
-        APT only: also install recommended packages.
+        APT only: also install recommended packages (default: the model's
+        ``packages:install_recommends``).
     hypervisor_only
         Nothing to install on a management-only node (the KVM packages).
     """
@@ -34,8 +35,8 @@ def installed(name, pkgs, install_recommends=True, hypervisor_only=False):
         if gated:
             return gated
     test = __opts__["test"]
-    extra = {} if install_recommends or __grains__.get("os_family") != "Debian" \
-        else {"install_recommends": False}
+    extra = {} if install_recommends is None or __grains__.get("os_family") != "Debian" \
+        else {"install_recommends": bool(install_recommends)}
     return _skeleton().converge(
         name, test, lambda: _skeleton().packages_diff(__salt__, pkgs, test),
         lambda changes: _skeleton().packages_install(__salt__, changes,

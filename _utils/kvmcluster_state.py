@@ -86,9 +86,26 @@ class Skeleton:
         candidate = self._versions(salt, missing, "pkg.latest_version", refresh=True) if test else {}
         return {n: {"old": None, "new": candidate.get(n) or "latest"} for n in missing}
 
+    def recommends(self, salt):
+        """APT installs a package's recommends only where the model allows them
+        (``packages:install_recommends``, false: a headless hypervisor needs no GUI)."""
+        try:
+            family = salt["grains.get"]("os_family")
+        except KeyError:  # a loader without grains: no APT options
+            return {}
+        if family != "Debian":
+            return {}
+        try:
+            allow = salt["kvmcluster_model.current"]()["packages"]["install_recommends"]
+        except Exception:  # pylint: disable=broad-except
+            allow = False
+        return {} if allow else {"install_recommends": False}
+
     def packages_install(self, salt, changes, **kwargs):
         """Install the names of a packages_diff and fill in the versions installed."""
         names = list(changes)
+        if "install_recommends" not in kwargs:
+            kwargs.update(self.recommends(salt))
         salt["pkg.install"](pkgs=names, refresh=True, **kwargs)
         got = self._versions(salt, names, "pkg.version")
         for n in names:

@@ -329,11 +329,12 @@ def test_status_of_the_cluster_then_each_fault_named(at_base):
         lab.ssh("kvm01", "ip link set br0 mtu 1500")
         # The share comes back with the node's bind mount: reboot kvm02 (its VMs autostart).
         lab.ssh("kvm02", "systemd-run --on-active=1 systemctl reboot")
-        time.sleep(5)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            up = lab.ssh("kvm02", "systemctl is-system-running", check=False, timeout=20)
-            if up.strip() in ("running", "degraded"):
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:  # until it is back, share and all (bounded)
+            up = lab.ssh("kvm02", "findmnt -n -o FSTYPE /mnt/secondary && "
+                                  "systemctl is-system-running", check=False, timeout=20)
+            if up.split()[:2] in (["fuse.glusterfs", "running"],
+                                  ["fuse.glusterfs", "degraded"]):
                 break
             time.sleep(3)
     assert lab.ssh("kvm02", "findmnt -n -o FSTYPE /mnt/secondary").strip() == "fuse.glusterfs"

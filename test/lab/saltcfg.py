@@ -168,7 +168,7 @@ def write(nodes, extra_pillar=None):
         "runner_dirs": [str(paths.REPO_ROOT / "_runners")],
         # The runners' shared code (the cluster view), as saltutil.sync_utils would.
         "utils_dirs": [str(paths.REPO_ROOT / "_utils")],
-        "ssh_max_procs": 8,
+        "ssh_max_procs": max(8, len(nodes)),
         "log_level_logfile": "info",
     }
     (SALT_DIR / "master").write_text(yaml.safe_dump(master, sort_keys=False))
@@ -196,7 +196,7 @@ def write(nodes, extra_pillar=None):
             "roster_file": str(SALT_DIR / "roster"),
         "runner_dirs": [str(paths.REPO_ROOT / "_runners")],
             "ignore_host_keys": True,
-            "ssh_max_procs": 8,
+            "ssh_max_procs": max(8, len(nodes)),
         }
     }
     (SALT_DIR / "Saltfile").write_text(yaml.safe_dump(saltfile, sort_keys=False))

@@ -313,7 +313,8 @@ class Pkgs:
 
 
 @pytest.mark.parametrize("family,recommends,kw", [("Debian", False, {"install_recommends": False}),
-                                                 ("Debian", True, {}), ("RedHat", False, {})])
+                                                 ("Debian", True, {"install_recommends": True}),
+                                                 ("RedHat", False, {})])
 def test_packages_test_equals_real_and_no_dependencies(family, recommends, kw):
     pk = Pkgs(have=["qemu-utils"])
     packages.__salt__, packages.__grains__ = pk.salt(), {"os_family": family}
@@ -478,3 +479,19 @@ def test_preflight_names_the_ports_where_another_firewall_runs(active, expect):
     assert "49152-49215/tcp from 172.30.10.42" in got
     mgmt = pre._other_firewall(view("mgmt01"))
     assert "53/tcp+udp from 172.30.10.0/24" in mgmt and "67/udp from anywhere" in mgmt
+
+
+@pytest.mark.parametrize("allow,kw", [(False, {"install_recommends": False}), (True, {})])
+def test_apt_recommends_follow_the_model_by_default(allow, kw):
+    """No recommends unless packages:install_recommends (every state's installs)."""
+    sk = UTILS["kvmcluster_state.skeleton"]()
+    got = []
+    salt = {"grains.get": lambda key: "Debian",
+            "kvmcluster_model.current": lambda: {"packages": {"install_recommends": allow}},
+            "pkg.install": lambda pkgs, refresh=True, **k: got.append(k),
+            "pkg.version": lambda *n: {x: "1" for x in n} if len(n) > 1 else "1"}
+    sk.packages_install(salt, {"virtinst": {"old": None, "new": None}})
+    assert got == [kw]
+    salt["grains.get"] = lambda key: "RedHat"
+    sk.packages_install(salt, {"virtinst": {"old": None, "new": None}})
+    assert got[-1] == {}

@@ -1,0 +1,267 @@
+"""The benchmark (`make bench`, not part of `make test`): kvmcluster beside Salt's own floor,
+a bare package install and the same work as a plain Ansible playbook, on the lab's
+container nodes. Each measured run is timed on the wall clock and by the CPU the
+management side spent in it (salt-ssh or ansible and their children); repeated runs
+alternate between the things compared. Writes JSON and prints the table."""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lab import control, net, paths, saltcfg
+
+HERE = Path(__file__).resolve().parent
+NOOP_SLS = "bench-noop-succeeded:\n  test.succeed_without_changes: []\n"
+ANSIBLE_VENV = paths.CACHE / "bench-ansible-venv"
+ANSIBLE_PIN = "ansible-core==2.17.7"
+
+
+def ctl_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def timed(argv, env=None, timeout=3600):
+    """(wall seconds, controller CPU seconds, completed process)."""
+    c0, t0 = ctl_cpu(), time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env,
+                          check=False)
+    return time.monotonic() - t0, ctl_cpu() - c0, proc
+
+
+def salt_env():
+    return dict(os.environ, PATH=f"{saltcfg.VENV_BIN}:/usr/sbin:/usr/bin:/sbin:/bin")
+
+
+def salt_ssh(*args):
+    return timed(saltcfg.salt_ssh_argv(*args), env=salt_env())
+
+
+def node_ssh(ip, command, timeout=1800):
+    return subprocess.run(
+        ["ip", "netns", "exec", net.CONTROLLER, "ssh", "-i", str(paths.SSH_KEY),
+         "-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no",
+         "-o", "LogLevel=ERROR", f"root@{ip}", command],
+        capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def package_count(ip):
+    out = node_ssh(ip, "dpkg-query -W -f='${Status}\\n' | grep -c 'install ok installed'")
+    return int(out.stdout.strip() or 0)
+
+
+def stats(values):
+    return {"min": round(min(values), 2), "median": round(statistics.median(values), 2),
+            "max": round(max(values), 2), "n": len(values)}
+
+
+def fresh_lab(nodes):
+    control.down()
+    st = control.up(containers=nodes)
+    (saltcfg.SALT_DIR / "states" / "benchnoop.sls").write_text(NOOP_SLS)
+    return [n["ip"] for n in st["spec"]]
+
+
+def state_durations(stdout):
+    """The slowest states of a salt-ssh JSON run: (ms, node, state id)."""
+    try:
+        data = json.loads(stdout)
+    except ValueError:
+        return []
+    out = []
+    for node, states in data.items():
+        if isinstance(states, dict):
+            for key, res in states.items():
+                if isinstance(res, dict) and "duration" in res:
+                    out.append((round(float(res["duration"]), 1), node, key.split("_|-")[1]))
+    return sorted(out, reverse=True)
+
+
+def converge_and_noop(nodes, runs, results, tag):
+    ips = fresh_lab(nodes)
+    before = package_count(ips[0])
+    wall, cpu, proc = salt_ssh("*", "state.apply", "kvmcluster", "--out=json", "--static")
+    if proc.returncode != 0:
+        sys.exit(f"first apply failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
+    after = package_count(ips[0])
+    results[f"first_apply_{tag}"] = {"seconds": round(wall, 1), "ctl_cpu_s": round(cpu, 1),
+                                     "nodes": nodes, "packages_before": before,
+                                     "packages_after": after}
+    series = {"ping": [], "floor_sls": [], "kvmcluster_noop": []}
+    cpu_noop, slow = [], []
+    for _ in range(runs):
+        for name, argv in (("ping", ("*", "test.ping")),
+                           ("floor_sls", ("*", "state.apply", "benchnoop")),
+                           ("kvmcluster_noop", ("*", "state.apply", "kvmcluster", "--out=json",
+                                                "--static"))):
+            wall, cpu, proc = salt_ssh(*argv)
+            if proc.returncode != 0:
+                sys.exit(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+            series[name].append(wall)
+            if name == "kvmcluster_noop":
+                cpu_noop.append(cpu)
+                slow = state_durations(proc.stdout)[:8]
+    for name, values in series.items():
+        results[f"{name}_{tag}"] = stats(values)
+    results[f"kvmcluster_noop_ctl_cpu_per_node_{tag}"] = round(
+        statistics.median(cpu_noop) / nodes, 2)
+    results[f"slowest_noop_states_{tag}"] = slow
+    return ips
+
+
+def raw_install(nodes, results):
+    """The raw floor: the same packages by a bare apt-get on fresh nodes, in parallel."""
+    ips = fresh_lab(nodes)
+    pkgs = " ".join(kvm_packages())
+    t0, c0 = time.monotonic(), ctl_cpu()
+    procs = [subprocess.Popen(
+        ["ip", "netns", "exec", net.CONTROLLER, "ssh", "-i", str(paths.SSH_KEY),
+         "-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no",
+         "-o", "LogLevel=ERROR", f"root@{ip}",
+         f"apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+         f"--no-install-recommends {pkgs} >/dev/null"]) for ip in ips]
+    codes = [p.wait(timeout=3600) for p in procs]
+    if any(codes):
+        sys.exit(f"apt-get install failed: {codes}")
+    results["raw_apt_install"] = {"seconds": round(time.monotonic() - t0, 1),
+                                  "ctl_cpu_s": round(ctl_cpu() - c0, 1), "nodes": nodes,
+                                  "packages_after": package_count(ips[0])}
+
+
+def kvm_packages():
+    import yaml  # pylint: disable=import-outside-toplevel
+
+    deb = yaml.safe_load((paths.REPO_ROOT / "kvmcluster/parameters/os_family/Debian.yaml")
+                         .read_text())["values"]["pkgs"]
+    return deb["kvm"] + deb["network"]["ifupdown"] + deb["account"]
+
+
+def ansible(nodes, runs, results):
+    """The same work as a plain playbook (packages, libvirtd.conf, sysctl, storage path)."""
+    py = ANSIBLE_VENV / "bin" / "python"
+    if not py.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(ANSIBLE_VENV)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", ANSIBLE_PIN], check=True)
+    ips = fresh_lab(nodes)
+    inv = paths.HOME / "bench-inventory.ini"
+    inv.write_text("[kvm]\n" + "\n".join(
+        f"{ip} ansible_user=root ansible_ssh_private_key_file={paths.SSH_KEY} "
+        "ansible_python_interpreter=/usr/bin/python3" for ip in ips) + "\n")
+    env = dict(os.environ, ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_FORKS=str(nodes),
+               ANSIBLE_STDOUT_CALLBACK="dense",
+               ANSIBLE_SSH_ARGS="-o UserKnownHostsFile=/dev/null -o ControlMaster=auto "
+                                "-o ControlPersist=60s",
+               PATH=f"{ANSIBLE_VENV / 'bin'}:/usr/sbin:/usr/bin:/sbin:/bin")
+    argv = ["ip", "netns", "exec", net.CONTROLLER, str(ANSIBLE_VENV / "bin/ansible-playbook"),
+            "-i", str(inv), str(HERE / "ansible/kvm.yml"),
+            "-e", json.dumps({"kvm_packages": kvm_packages()})]
+    before = package_count(ips[0])
+    wall, cpu, proc = timed(argv, env=env)
+    if proc.returncode != 0:
+        sys.exit(f"ansible first run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
+    results["ansible_first"] = {"seconds": round(wall, 1), "ctl_cpu_s": round(cpu, 1),
+                                "nodes": nodes, "packages_before": before,
+                                "packages_after": package_count(ips[0])}
+    walls, cpus = [], []
+    for _ in range(runs):
+        wall, cpu, proc = timed(argv, env=env)
+        if proc.returncode != 0 or "changed=0" not in proc.stdout.replace(" ", ""):
+            sys.exit(f"ansible no-op failed or changed:\n{proc.stdout[-3000:]}")
+        walls.append(wall)
+        cpus.append(cpu)
+    results["ansible_noop"] = stats(walls)
+    results["ansible_noop_ctl_cpu_per_node"] = round(statistics.median(cpus) / nodes, 2)
+
+
+def ratio(a, b):
+    return round(a / b, 2) if a and b else None
+
+
+def table(r):
+    med = {k: v["median"] for k, v in r.items() if isinstance(v, dict) and "median" in v}
+    rows = [("row", "what", "seconds (min/median/max or once)", "")]
+
+    def line(tag, what, key):
+        v = r.get(key)
+        if isinstance(v, dict) and "median" in v:
+            rows.append((tag, what, f"{v['min']}/{v['median']}/{v['max']} (n={v['n']})", ""))
+        elif isinstance(v, dict):
+            rows.append((tag, what, f"{v['seconds']}",
+                         f"ctl CPU {v['ctl_cpu_s']} s; packages {v.get('packages_before', '?')}"
+                         f" -> {v.get('packages_after')}"))
+    line("a", "salt-ssh test.ping, 3 nodes", "ping_3")
+    line("a", "salt-ssh state.apply one no-op state, 3 nodes", "floor_sls_3")
+    line("b", "salt-ssh state.apply kvmcluster, converged, 3 nodes", "kvmcluster_noop_3")
+    line("c", "first converge, 3 fresh nodes", "first_apply_3")
+    line("c", "bare apt-get install of the same packages, 3 fresh nodes", "raw_apt_install")
+    line("e", "ansible-playbook (same work), first run, 3 fresh nodes", "ansible_first")
+    line("e", "ansible-playbook, no-op", "ansible_noop")
+    line("d", "salt-ssh state.apply one no-op state, 12 nodes", "floor_sls_12")
+    line("d", "salt-ssh state.apply kvmcluster, converged, 12 nodes", "kvmcluster_noop_12")
+    line("d", "first converge, 12 fresh nodes", "first_apply_12")
+    out = ["  ".join(f"{c:<{w}}" for c, w in zip(row, (4, 58, 34, 0))).rstrip() for row in rows]
+    first3 = (r.get("first_apply_3") or {}).get("seconds")
+    checks = {
+        "(b)/(a) no-op vs one-state floor, 3 nodes [goal <= 1.2]":
+            ratio(med.get("kvmcluster_noop_3"), med.get("floor_sls_3")),
+        "(b)/Ansible no-op, 3 nodes [goal <= 1]":
+            ratio(med.get("kvmcluster_noop_3"), med.get("ansible_noop")),
+        "(c)/Ansible first run, 3 nodes [goal <= 0.5]":
+            ratio(first3, (r.get("ansible_first") or {}).get("seconds")),
+        "(c)/bare apt-get, 3 nodes":
+            ratio(first3, (r.get("raw_apt_install") or {}).get("seconds")),
+        "(b) 12 nodes / 3 nodes [goal <= 2]":
+            ratio(med.get("kvmcluster_noop_12"), med.get("kvmcluster_noop_3")),
+        "controller CPU s per node per no-op run, 3 nodes [goal <= 0.5]":
+            r.get("kvmcluster_noop_ctl_cpu_per_node_3"),
+        "controller CPU s per node per no-op run, 12 nodes [goal <= 0.5]":
+            r.get("kvmcluster_noop_ctl_cpu_per_node_12"),
+        "Ansible controller CPU s per node per no-op run":
+            r.get("ansible_noop_ctl_cpu_per_node"),
+    }
+    r["ratios"] = checks
+    out.append("")
+    out += [f"{k}: {v}" for k, v in checks.items()]
+    slow = r.get("slowest_noop_states_3") or []
+    if slow:
+        out.append("slowest states of a no-op run (ms, node, state): "
+                   + "; ".join(f"{ms} {n} {s}" for ms, n, s in slow[:6]))
+    return "\n".join(out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", type=int, default=5, help="repetitions of each no-op row")
+    ap.add_argument("--big", type=int, default=12, help="nodes of the large lab (0: skip)")
+    ap.add_argument("--no-ansible", action="store_true")
+    ap.add_argument("--out", default=str(HERE / "results.json"))
+    a = ap.parse_args(argv)
+    results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "machine": f"{platform.node()}: {os.cpu_count()} CPUs, "
+                          f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') >> 30}"
+                          f" GiB, {platform.platform()}"}
+    try:
+        converge_and_noop(3, a.runs, results, "3")
+        raw_install(3, results)
+        if not a.no_ansible:
+            ansible(3, a.runs, results)
+        if a.big:
+            converge_and_noop(a.big, max(3, a.runs // 2), results, str(a.big))
+    finally:
+        control.down()
+    text = table(results)
+    Path(a.out).write_text(json.dumps(results, indent=1) + "\n")
+    print(f"== kvmcluster benchmark, {results['date']}, {results['machine']}")
+    print(text)
+    print(f"(JSON: {a.out})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
