@@ -8,7 +8,7 @@ APT_PKGS := debootstrap qemu-system-x86 qemu-utils python3-venv python3-libvirt 
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done
 
-.PHONY: deps demo test test-unit test-functional test-lab lab lab-up lab-down lab-status lint mutation
+.PHONY: deps demo test test-unit test-functional test-lab lab lab-up lab-down lab-status lint mutation bench
 
 deps: $(STAMP_PIP)
 
@@ -68,3 +68,8 @@ mutation: deps
 	  --paths-to-mutate _modules/kvmcluster_nettxn.py,_states/kvmcluster_network.py \
 	  --runner "$(MUT_RUNNER) test/unit/test_nettxn_engine.py test/unit/test_network_state.py" \
 	  --tests-dir test/unit; $(abspath $(VENV))/bin/mutmut results
+
+# The benchmark (not part of `make test`): kvmcluster beside Salt's floor, a bare apt-get
+# and an Ansible playbook on the lab; prints the table, writes test/bench/results.json.
+bench: deps
+	PYTHONPATH=test $(PY) test/bench/bench.py $(ARGS)

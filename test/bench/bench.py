@@ -83,6 +83,39 @@ def state_durations(stdout):
     return sorted(out, reverse=True)
 
 
+MUX_DIR = paths.HOME / "ssh-mux"
+
+
+def set_mux(on):
+    """SSH connection reuse for salt-ssh through the roster's ssh_options (ControlMaster)."""
+    import yaml  # pylint: disable=import-outside-toplevel
+
+    MUX_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = saltcfg.SALT_DIR / "roster"
+    roster = yaml.safe_load(path.read_text())
+    for entry in roster.values():
+        opts = [o for o in entry.get("ssh_options", []) if not o.startswith("Control")]
+        if on:
+            opts += ["ControlMaster=auto", f"ControlPath={MUX_DIR}/%C", "ControlPersist=120"]
+        entry["ssh_options"] = opts
+    path.write_text(yaml.safe_dump(roster, sort_keys=False))
+
+
+def mux_effect(runs, results, tag):
+    """The converged no-op with and without SSH connection reuse, alternating."""
+    series = {False: [], True: []}
+    for _ in range(runs):
+        for on in (False, True):
+            set_mux(on)
+            wall, _, proc = salt_ssh("*", "state.apply", "kvmcluster")
+            if proc.returncode != 0:
+                sys.exit(f"no-op (mux {on}) failed:\n{proc.stdout[-2000:]}")
+            series[on].append(wall)
+    set_mux(False)
+    results[f"kvmcluster_noop_no_mux_{tag}"] = stats(series[False])
+    results[f"kvmcluster_noop_mux_{tag}"] = stats(series[True])
+
+
 def converge_and_noop(nodes, runs, results, tag):
     ips = fresh_lab(nodes)
     before = package_count(ips[0])
@@ -112,6 +145,8 @@ def converge_and_noop(nodes, runs, results, tag):
     results[f"kvmcluster_noop_ctl_cpu_per_node_{tag}"] = round(
         statistics.median(cpu_noop) / nodes, 2)
     results[f"slowest_noop_states_{tag}"] = slow
+    if nodes <= 3:
+        mux_effect(runs, results, tag)
     return ips
 
 
@@ -198,6 +233,8 @@ def table(r):
     line("a", "salt-ssh test.ping, 3 nodes", "ping_3")
     line("a", "salt-ssh state.apply one no-op state, 3 nodes", "floor_sls_3")
     line("b", "salt-ssh state.apply kvmcluster, converged, 3 nodes", "kvmcluster_noop_3")
+    line("b'", "  the same, SSH connections not reused (alternating)", "kvmcluster_noop_no_mux_3")
+    line("b'", "  the same, SSH ControlMaster/ControlPersist (alternating)", "kvmcluster_noop_mux_3")
     line("c", "first converge, 3 fresh nodes", "first_apply_3")
     line("c", "bare apt-get install of the same packages, 3 fresh nodes", "raw_apt_install")
     line("e", "ansible-playbook (same work), first run, 3 fresh nodes", "ansible_first")
