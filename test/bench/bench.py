@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -189,7 +190,6 @@ def ansible(nodes, runs, results):
         f"{ip} ansible_user=root ansible_ssh_private_key_file={paths.SSH_KEY} "
         "ansible_python_interpreter=/usr/bin/python3" for ip in ips) + "\n")
     env = dict(os.environ, ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_FORKS=str(nodes),
-               ANSIBLE_STDOUT_CALLBACK="dense",
                ANSIBLE_SSH_ARGS="-o UserKnownHostsFile=/dev/null -o ControlMaster=auto "
                                 "-o ControlPersist=60s",
                PATH=f"{ANSIBLE_VENV / 'bin'}:/usr/sbin:/usr/bin:/sbin:/bin")
@@ -206,7 +206,8 @@ def ansible(nodes, runs, results):
     walls, cpus = [], []
     for _ in range(runs):
         wall, cpu, proc = timed(argv, env=env)
-        if proc.returncode != 0 or "changed=0" not in proc.stdout.replace(" ", ""):
+        changed = [int(x) for x in re.findall(r"changed=(\d+)", proc.stdout)]
+        if proc.returncode != 0 or len(changed) != nodes or any(changed):
             sys.exit(f"ansible no-op failed or changed:\n{proc.stdout[-3000:]}")
         walls.append(wall)
         cpus.append(cpu)
@@ -278,22 +279,29 @@ def main(argv=None):
     ap.add_argument("--big", type=int, default=12, help="nodes of the large lab (0: skip)")
     ap.add_argument("--no-ansible", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results.json"))
+    ap.add_argument("--only", default="small,raw,ansible,big",
+                    help="phases to run (the others keep their results from --out)")
     a = ap.parse_args(argv)
-    results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "machine": f"{platform.node()}: {os.cpu_count()} CPUs, "
-                          f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') >> 30}"
-                          f" GiB, {platform.platform()}"}
+    out = Path(a.out)
+    results = json.loads(out.read_text()) if out.exists() and a.only != ap.get_default(
+        "only") else {}
+    results.update({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                    "machine": f"{platform.node()}: {os.cpu_count()} CPUs, "
+                               f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') >> 30}"
+                               f" GiB, {platform.platform()}"})
+    phases = {"small": lambda: converge_and_noop(3, a.runs, results, "3"),
+              "raw": lambda: raw_install(3, results),
+              "ansible": lambda: None if a.no_ansible else ansible(3, a.runs, results),
+              "big": lambda: a.big and converge_and_noop(a.big, max(3, a.runs // 2), results,
+                                                         str(a.big))}
     try:
-        converge_and_noop(3, a.runs, results, "3")
-        raw_install(3, results)
-        if not a.no_ansible:
-            ansible(3, a.runs, results)
-        if a.big:
-            converge_and_noop(a.big, max(3, a.runs // 2), results, str(a.big))
+        for name in a.only.split(","):
+            phases[name]()
+            out.write_text(json.dumps(results, indent=1) + "\n")  # kept phase by phase
     finally:
         control.down()
     text = table(results)
-    Path(a.out).write_text(json.dumps(results, indent=1) + "\n")
+    out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"== kvmcluster benchmark, {results['date']}, {results['machine']}")
     print(text)
     print(f"(JSON: {a.out})")

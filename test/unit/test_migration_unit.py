@@ -260,3 +260,22 @@ def test_a_vm_that_answers_nowhere_is_planned_as_new():
     res = vm_state.managed("kvmcluster-vms-managed")
     assert res["result"] is None and list(res["changes"]) == ["web1"], res
     assert res["changes"]["web1"]["old"] is None
+
+
+def test_unit_state_reads_one_systemctl_show():
+    calls = []
+
+    def run_all(argv, **_kw):
+        calls.append(argv)
+        return {"retcode": 0, "stderr": "",
+                "stdout": "LoadState=loaded\nUnitFileState=enabled\nActiveState=active\n"}
+    node_mod.__salt__ = {"cmd.run_all": run_all}
+    assert node_mod.unit_state("libvirtd.socket") == {
+        "exists": True, "enabled": "enabled", "active": True, "label": "enabled/active"}
+    assert calls == [["systemctl", "show", "--property=LoadState,UnitFileState,ActiveState",
+                      "libvirtd.socket"]]
+    node_mod.__salt__ = {"cmd.run_all": lambda argv, **_kw: {
+        "retcode": 0, "stderr": "",
+        "stdout": "LoadState=not-found\nUnitFileState=\nActiveState=inactive\n"}}
+    assert node_mod.unit_state("nope.service") == {
+        "exists": False, "enabled": "", "active": False, "label": "/inactive"}
