@@ -156,3 +156,28 @@ def test_reports_of_any_shape_never_raise():
     assert ("kvm02", "libvirt: cannot connect") in whats(found, "error")
     assert ("kvm03", "pillar model invalid: kvmcluster pillar is invalid") in whats(found)
     assert cl.table(odd, found).count("\n") >= 4
+
+
+# ---- the node's report never raises --------------------------------------------------
+
+rep_mod = load_module("_modules", "kvmcluster_report")
+
+
+def test_a_node_with_an_invalid_model_reports_it_instead_of_raising():
+    def bad(*_a, **_k):
+        raise RuntimeError("kvmcluster pillar is invalid (1 error)")
+    rep_mod.__grains__ = {"id": "kvm01", "os": "Debian", "osrelease": "12"}
+    rep_mod.__salt__ = {"kvmcluster_model.load": bad}
+    out = rep_mod.node(parameters="{}", cluster="{}")
+    assert out["node"] == "kvm01" and out["model_error"].startswith("kvmcluster pillar")
+    assert isinstance(out["time"], float)
+
+
+def test_a_share_that_is_not_mounted_is_said_so(tmp_path):
+    out = rep_mod.share(str(tmp_path), node="kvm01")
+    assert out["mounted"] is False and out["writable"] is False
+    assert out["mountpoint"] == str(tmp_path)
+
+
+def test_a_missing_bridge_is_said_so():
+    assert rep_mod.bridge("kvmnosuchbr0") == {"name": "kvmnosuchbr0", "exists": False}
