@@ -76,6 +76,24 @@ def _fstype(path):
     return proc.stdout.strip() or None
 
 
+def _as_list(value):
+    """A list argument, also as salt-ssh passes it (JSON text, or one bare item)."""
+    if isinstance(value, str):
+        import json  # pylint: disable=import-outside-toplevel
+
+        return json.loads(value) if value.startswith("[") else [value]
+    return list(value or [])
+
+
+def _lookup(conn, name, view):
+    """VM ``name`` on this node, or CommandExecutionError naming the node."""
+    libvirt = _libvirt()
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as exc:
+        raise CommandExecutionError(f"VM {name} is not on {view['self']['name']}") from exc
+
+
 def _under(path, directory):
     directory = directory.rstrip("/") + "/"
     return bool(path) and os.path.normpath(path).startswith(directory)
@@ -116,10 +134,7 @@ def plan(name, parameters=None, cluster=None, uri=DEFAULT_URI):
     shared_dir = sec["mountpoint"] if sec["enabled"] else None
     conn = __utils__["kvmcluster_virt.connect"](uri)
     try:
-        try:
-            dom = conn.lookupByName(name)
-        except libvirt.libvirtError as exc:
-            raise CommandExecutionError(f"VM {name} is not on {view['self']['name']}") from exc
+        dom = _lookup(conn, name, view)
         root = ET.fromstring(dom.XMLDesc(0))
         cpu = root.find("cpu")
         # As defined: what the VM boots with on its next start, on whichever node it is.
@@ -317,10 +332,7 @@ def prepare(vm_plan, copy, parameters=None, cluster=None, uri=DEFAULT_URI):
     """
     libvirt = _libvirt()
     vm = _as_dict(vm_plan, "vm_plan")
-    if isinstance(copy, str):
-        import json  # pylint: disable=import-outside-toplevel
-
-        copy = json.loads(copy) if copy.startswith("[") else [copy]
+    copy = _as_list(copy)
     view = _view(parameters, cluster)
     primary = view["storage"]["primary"]
     made = []
@@ -399,17 +411,10 @@ def migrate(name, target, copy=(), parameters=None, cluster=None, uri=DEFAULT_UR
     libvirt = _libvirt()
     view = _view(parameters, cluster)
     duri = target_uri(view, target)
-    if isinstance(copy, str):
-        import json  # pylint: disable=import-outside-toplevel
-
-        copy = json.loads(copy) if copy.startswith("[") else [copy]
-    copy = list(copy or [])
+    copy = _as_list(copy)
     conn = __utils__["kvmcluster_virt.connect"](uri)
     try:
-        try:
-            dom = conn.lookupByName(name)
-        except libvirt.libvirtError as exc:
-            raise CommandExecutionError(f"VM {name} is not on {view['self']['name']}") from exc
+        dom = _lookup(conn, name, view)
         if not dom.isActive():
             raise CommandExecutionError(f"VM {name} is not running: a live migration moves a "
                                         "running VM")
@@ -488,10 +493,7 @@ def source_cleanup(name, paths, parameters=None, cluster=None, uri=DEFAULT_URI):
         salt kvm01 kvmcluster_migration.source_cleanup web1 '["/data01/primary/web1.qcow2"]'
     """
     libvirt = _libvirt()
-    if isinstance(paths, str):
-        import json  # pylint: disable=import-outside-toplevel
-
-        paths = json.loads(paths) if paths.startswith("[") else [paths]
+    paths = _as_list(paths)
     view = _view(parameters, cluster)
     primary = view["storage"]["primary"]
     conn = __utils__["kvmcluster_virt.connect"](uri)

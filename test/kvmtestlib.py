@@ -47,3 +47,17 @@ def utils_dunder():
     """``__utils__`` for a state module loaded as plain Python: the repository's _utils."""
     mod = load_module("_utils", "kvmcluster_state")
     return {"kvmcluster_state.skeleton": mod.skeleton}
+
+
+class NoClose:
+    """A libvirt connection that ``close()`` leaves open: every call of a module under test
+    shares one test-driver node, as the calls to one libvirtd would."""
+
+    def __init__(self, conn):
+        self._c = conn
+
+    def close(self):
+        pass
+
+    def __getattr__(self, k):
+        return getattr(self._c, k)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from kvmtestlib import SEED_PILLAR, formula_values, load_module, utils_dunder
+from kvmtestlib import SEED_PILLAR, NoClose, formula_values, load_module, utils_dunder
 
 model = load_module("_modules", "kvmcluster_model")
 state = load_module("_states", "kvmcluster_migration")
@@ -124,24 +124,13 @@ NODE_XML = """<node>
 """
 
 
-class _NoClose:
-    def __init__(self, conn):
-        self._c = conn
-
-    def close(self):
-        pass
-
-    def __getattr__(self, k):
-        return getattr(self._c, k)
-
-
 @pytest.fixture
 def mig(tmp_path):
     (tmp_path / "node.xml").write_text(NODE_XML)
     conn = libvirt.open(f"test://{tmp_path / 'node.xml'}")
     mod = load_module("_modules", "kvmcluster_migration")
     mod.__utils__ = {"kvmcluster_virt.binding": lambda: libvirt,
-                     "kvmcluster_virt.connect": lambda uri: _NoClose(conn)}
+                     "kvmcluster_virt.connect": lambda uri: NoClose(conn)}
     v = view("kvm01")
     mod.__salt__ = {"kvmcluster_model.current": lambda: v}
     for pool, name in (("default", "web1.qcow2"), ("default", "db1.qcow2"),

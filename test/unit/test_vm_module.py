@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from kvmtestlib import NoClose
+
 libvirt = pytest.importorskip("libvirt")
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,18 +42,7 @@ class _Shared:
         self.conn = libvirt.open(f"test://{path}")
 
     def open(self, uri):  # noqa: ARG002
-        return _NoClose(self.conn)
-
-
-class _NoClose:
-    def __init__(self, conn):
-        self._c = conn
-
-    def close(self):
-        pass
-
-    def __getattr__(self, k):
-        return getattr(self._c, k)
+        return NoClose(self.conn)
 
 
 @pytest.fixture
