@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lab.paths import formula_root
+
 from kvmtestlib import REPO, SEED_PILLAR
 
 SALT_CALL = str(Path(sys.executable).parent / "salt-call")
@@ -36,7 +38,8 @@ def salt_call(tmp_path_factory):
         "file_client": "local", "root_dir": str(root), "cachedir": str(root / "cache"),
         "pki_dir": str(root / "pki"), "log_file": str(root / "log"), "id": "kvm02",
         "module_dirs": [str(REPO / "_modules")], "states_dirs": [str(REPO / "_states")],
-        "utils_dirs": [str(REPO / "_utils")], "file_roots": {"base": [str(REPO)]},
+        "utils_dirs": [str(REPO / "_utils")],
+        "file_roots": {"base": [str(formula_root(root / "formula"))]},
         "pillar_roots": {"base": [str(root / "pillar")]},
     }
     (root / "pillar").mkdir()

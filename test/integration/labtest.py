@@ -50,9 +50,8 @@ class Lab:
 # The network backends of the container lab's nodes, in node order (one node each).
 BACKENDS = ["ifupdown", "networkmanager", "netplan"]
 
-# What a node looks like once the formula ran: its managed files, account, addresses,
-# socket, daemon and pools. Filled by the salt-ssh tests, compared by the master-mode ones.
-FINGERPRINTS = {}
+# What a node looks like once the formula ran (fingerprint()): its managed files, account,
+# addresses, socket, daemon and pools.
 TIMINGS_FILE = "/tmp/kvmcluster-lab-timings.jsonl"
 
 FINGERPRINT_PY = r"""

@@ -160,7 +160,8 @@ def write(nodes, extra_pillar=None):
         "log_file": str(SALT_DIR / "master.log"),
         "ssh_log_file": str(SALT_DIR / "ssh.log"),
         # The formula, then the lab's own SLS (scenarios such as a slow node).
-        "file_roots": {"base": [str(paths.REPO_ROOT), str(SALT_DIR / "states")]},
+        "file_roots": {"base": [str(paths.formula_root(SALT_DIR / "formula")),
+                                str(SALT_DIR / "states")]},
         "pillar_roots": {"base": [str(PILLAR_DIR)]},
         "state_output": "changes",
         # salt-run state.orchestrate with ssh: true targets the roster, as salt-ssh does.
@@ -194,7 +195,7 @@ def write(nodes, extra_pillar=None):
         "salt-ssh": {
             "config_dir": str(SALT_DIR),
             "roster_file": str(SALT_DIR / "roster"),
-        "runner_dirs": [str(paths.REPO_ROOT / "_runners")],
+            "runner_dirs": [str(paths.REPO_ROOT / "_runners")],
             "ignore_host_keys": True,
             "ssh_max_procs": max(8, len(nodes)),
         }
