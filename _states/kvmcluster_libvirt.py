@@ -305,7 +305,15 @@ def restarted(name, service, sockets=()):
 
 
 def _binding_importable():
-    """Whether the minion's own Python imports libvirt (a child of it: no stale caches)."""
+    """Whether the minion's own Python imports libvirt. Imported here already (the usual
+    case on a converged node): yes, without a child. Otherwise a child of the same Python
+    decides, which no import cache of this process can mislead after an install."""
+    try:
+        import libvirt  # pylint: disable=import-outside-toplevel,unused-import  # noqa: F401
+
+        return True
+    except ImportError:
+        pass
     res = __salt__["cmd.run_all"]([sys.executable, "-c", "import libvirt"], python_shell=False,
                                   ignore_retcode=True, env={"PYTHONPATH": ":".join(sys.path)})
     return res["retcode"] == 0

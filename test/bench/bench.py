@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from lab import control, net, paths, saltcfg
+from lab import control, master, net, paths, report, saltcfg
 
 HERE = Path(__file__).resolve().parent
 NOOP_SLS = "bench-noop-succeeded:\n  test.succeed_without_changes: []\n"
@@ -84,21 +84,15 @@ def state_durations(stdout):
     return sorted(out, reverse=True)
 
 
-MUX_DIR = paths.HOME / "ssh-mux"
-
-
 def set_mux(on):
     """SSH connection reuse for salt-ssh through the roster's ssh_options (ControlMaster)."""
     import yaml  # pylint: disable=import-outside-toplevel
 
-    MUX_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = saltcfg.SALT_DIR / "roster"
     roster = yaml.safe_load(path.read_text())
     for entry in roster.values():
         opts = [o for o in entry.get("ssh_options", []) if not o.startswith("Control")]
-        if on:
-            opts += ["ControlMaster=auto", f"ControlPath={MUX_DIR}/%C", "ControlPersist=120"]
-        entry["ssh_options"] = opts
+        entry["ssh_options"] = opts + saltcfg.mux_options(on)
     path.write_text(yaml.safe_dump(roster, sort_keys=False))
 
 
@@ -112,7 +106,7 @@ def mux_effect(runs, results, tag):
             if proc.returncode != 0:
                 sys.exit(f"no-op (mux {on}) failed:\n{proc.stdout[-2000:]}")
             series[on].append(wall)
-    set_mux(False)
+    set_mux(True)  # the lab's own setting
     results[f"kvmcluster_noop_no_mux_{tag}"] = stats(series[False])
     results[f"kvmcluster_noop_mux_{tag}"] = stats(series[True])
 
@@ -215,6 +209,68 @@ def ansible(nodes, runs, results):
     results["ansible_noop_ctl_cpu_per_node"] = round(statistics.median(cpus) / nodes, 2)
 
 
+def tree_cpu(pid):
+    """CPU seconds of a process and its living descendants (the salt-master's workers)."""
+    procs = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat", encoding="utf-8") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            procs[int(d)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    tree, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        tree.add(p)
+        todo += [c for c, (ppid, _) in procs.items() if ppid == p and c not in tree]
+    return sum(procs[p][1] for p in tree if p in procs) / os.sysconf("SC_CLK_TCK")
+
+
+def master_mode(nodes, runs, results):
+    """The same rows through a salt-master and minions: the management side's CPU is the
+    salt CLI's plus the master's (its process and workers)."""
+    control.down()
+    control.up(containers=nodes, with_master=True)
+    (master.STATES_DIR / "benchnoop.sls").write_text(NOOP_SLS)
+    mpid = control.load_state()["children"]["salt-master"]["pid"]
+
+    def run(*args):
+        m0 = tree_cpu(mpid)
+        wall, cpu, proc = timed(master.salt_argv(*args, "--timeout=1800"))
+        return wall, cpu + tree_cpu(mpid) - m0, proc
+
+    wall, cpu, proc = run("*", "state.apply", "kvmcluster", "--out=json", "--static")
+    pending = [n for n, r in report.parse_json(proc.stdout).items() if report.took_over(r)]
+    if proc.returncode != 0 and not pending:
+        sys.exit(f"master first apply failed:\n{proc.stdout[-3000:]}")
+    if pending:
+        report.confirm(pending, salt=lambda *a: master.salt(*a, "--timeout=120"))
+    results[f"master_first_apply_{nodes}"] = {"seconds": round(wall, 1),
+                                              "ctl_cpu_s": round(cpu, 1), "nodes": nodes}
+    series = {"ping": [], "floor_sls": [], "kvmcluster_noop": []}
+    cpus = []
+    for _ in range(runs):
+        for name, argv in (("ping", ("*", "test.ping")),
+                           ("floor_sls", ("*", "state.apply", "benchnoop")),
+                           ("kvmcluster_noop", ("*", "state.apply", "kvmcluster", "--out=json",
+                                                "--static"))):
+            wall, cpu, proc = run(*argv)
+            if proc.returncode != 0:
+                sys.exit(f"master {name} failed:\n{proc.stdout[-2000:]}")
+            if name == "kvmcluster_noop":
+                changed = [report.summarize(r)["changed"]
+                           for r in report.parse_json(proc.stdout).values()]
+                if len(changed) != nodes or any(changed):
+                    sys.exit(f"master no-op changed something: {changed}")
+                cpus.append(cpu)
+            series[name].append(wall)
+    for name, values in series.items():
+        results[f"master_{name}_{nodes}"] = stats(values)
+    results[f"master_noop_ctl_cpu_per_node_{nodes}"] = round(statistics.median(cpus) / nodes, 2)
+
+
 def ratio(a, b):
     return round(a / b, 2) if a and b else None
 
@@ -228,9 +284,9 @@ def table(r):
         if isinstance(v, dict) and "median" in v:
             rows.append((tag, what, f"{v['min']}/{v['median']}/{v['max']} (n={v['n']})", ""))
         elif isinstance(v, dict):
-            rows.append((tag, what, f"{v['seconds']}",
-                         f"ctl CPU {v['ctl_cpu_s']} s; packages {v.get('packages_before', '?')}"
-                         f" -> {v.get('packages_after')}"))
+            pkgs = (f"; packages {v.get('packages_before', '?')} -> {v['packages_after']}"
+                    if "packages_after" in v else "")
+            rows.append((tag, what, f"{v['seconds']}", f"ctl CPU {v['ctl_cpu_s']} s{pkgs}"))
     line("a", "salt-ssh test.ping, 3 nodes", "ping_3")
     line("a", "salt-ssh state.apply one no-op state, 3 nodes", "floor_sls_3")
     line("b", "salt-ssh state.apply kvmcluster, converged, 3 nodes", "kvmcluster_noop_3")
@@ -243,6 +299,11 @@ def table(r):
     line("d", "salt-ssh state.apply one no-op state, 12 nodes", "floor_sls_12")
     line("d", "salt-ssh state.apply kvmcluster, converged, 12 nodes", "kvmcluster_noop_12")
     line("d", "first converge, 12 fresh nodes", "first_apply_12")
+    line("f", "salt-master: salt test.ping, 3 nodes", "master_ping_3")
+    line("f", "salt-master: state.apply one no-op state, 3 nodes", "master_floor_sls_3")
+    line("f", "salt-master: state.apply kvmcluster, converged, 3 nodes",
+         "master_kvmcluster_noop_3")
+    line("f", "salt-master: first converge, 3 fresh nodes", "master_first_apply_3")
     out = ["  ".join(f"{c:<{w}}" for c, w in zip(row, (4, 58, 34, 0))).rstrip() for row in rows]
     first3 = (r.get("first_apply_3") or {}).get("seconds")
     checks = {
@@ -260,6 +321,12 @@ def table(r):
             r.get("kvmcluster_noop_ctl_cpu_per_node_3"),
         "controller CPU s per node per no-op run, 12 nodes [goal <= 0.5]":
             r.get("kvmcluster_noop_ctl_cpu_per_node_12"),
+        "salt-master (f): no-op / Ansible no-op, 3 nodes [goal <= 1]":
+            ratio(med.get("master_kvmcluster_noop_3"), med.get("ansible_noop")),
+        "salt-master (f): no-op / one-state floor, 3 nodes [goal <= 1.2]":
+            ratio(med.get("master_kvmcluster_noop_3"), med.get("master_floor_sls_3")),
+        "salt-master (f): management CPU s per node per no-op run [goal <= 0.5]":
+            r.get("master_noop_ctl_cpu_per_node_3"),
         "Ansible controller CPU s per node per no-op run":
             r.get("ansible_noop_ctl_cpu_per_node"),
     }
@@ -279,7 +346,7 @@ def main(argv=None):
     ap.add_argument("--big", type=int, default=12, help="nodes of the large lab (0: skip)")
     ap.add_argument("--no-ansible", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results.json"))
-    ap.add_argument("--only", default="small,raw,ansible,big",
+    ap.add_argument("--only", default="small,raw,ansible,master,big",
                     help="phases to run (the others keep their results from --out)")
     a = ap.parse_args(argv)
     out = Path(a.out)
@@ -292,6 +359,7 @@ def main(argv=None):
     phases = {"small": lambda: converge_and_noop(3, a.runs, results, "3"),
               "raw": lambda: raw_install(3, results),
               "ansible": lambda: None if a.no_ansible else ansible(3, a.runs, results),
+              "master": lambda: master_mode(3, a.runs, results),
               "big": lambda: a.big and converge_and_noop(a.big, max(3, a.runs // 2), results,
                                                          str(a.big))}
     try:

@@ -2,6 +2,8 @@
 output (firewall-cmd on Debian 12, semanage/restorecon/getsebool on Rocky 9). Compliant
 means no changes; test=True reports exactly the real run's changes."""
 import copy
+import sys
+import types
 
 import pytest
 
@@ -330,7 +332,22 @@ def test_packages_test_equals_real_and_no_dependencies(family, recommends, kw):
     assert packages.installed("p", ["qemu-utils", "virtinst"], recommends)["changes"] == {}
 
 
+def test_binding_imported_in_process_needs_no_child(monkeypatch):
+    monkeypatch.setitem(sys.modules, "libvirt", types.ModuleType("libvirt"))
+
+    def run_all(argv, **_kw):
+        raise AssertionError(f"no command on a converged node: {argv}")
+
+    lv_state.__salt__ = {"cmd.run_all": run_all, "kvmcluster_model.current": lambda: view("kvm02")}
+    lv_state.__utils__ = UTILS
+    lv_state.__opts__ = {"test": False}
+    ret = lv_state.python_binding("b")
+    assert ret["result"] is True and ret["changes"] == {}, ret
+
+
 def test_binding_is_built_into_a_virtualenv_minion(monkeypatch):
+    # This process cannot import it (None in sys.modules makes the import fail).
+    monkeypatch.setitem(sys.modules, "libvirt", None)
     pk = Pkgs(have=["libvirt0"])
     pk.have["libvirt0"] = "9.0.0-4+deb12u2"
     state = {"importable": False, "argv": None}
@@ -367,6 +384,7 @@ def test_binding_is_built_into_a_virtualenv_minion(monkeypatch):
 
 
 def test_binding_on_the_system_python_is_never_pip_installed(monkeypatch):
+    monkeypatch.setitem(sys.modules, "libvirt", None)
     monkeypatch.setattr(lv_state, "_pip_argv", lambda: None)
     lv_state.__salt__ = {"cmd.run_all": lambda argv, **kw: {"retcode": 1, "stdout": "",
                                                             "stderr": ""},
