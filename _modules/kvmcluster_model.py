@@ -67,6 +67,8 @@ _HOSTNAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z", re.A)
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}\Z", re.A)
 _MAC = re.compile(r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}\Z", re.A)
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z", re.A)
+# Debian and RPM package names (no version, no option: it reaches apt/dnf as one argv item).
+_PKG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._-]{0,127}\Z", re.A)
 _SYSCTL = re.compile(r"^[A-Za-z0-9_]+([./][A-Za-z0-9_-]+)+\Z", re.A)
 # A sysctl value: words and numbers, never a newline, comment or shell metacharacter.
 _SYSCTL_VALUE = re.compile(r"^[A-Za-z0-9_.:/,+@= -]{0,256}\Z", re.A)
@@ -394,6 +396,10 @@ def _check_cluster(errors, c):
     _bool(errors, None, f"{ROOT}:firewall:manage", c["firewall"].get("manage"))
     _bool(errors, None, f"{ROOT}:packages:install_recommends",
           c["packages"].get("install_recommends"))
+    extra = c["packages"].get("extra")
+    if not (isinstance(extra, list) and all(isinstance(p, str) and _PKG.match(p) for p in extra)):
+        errors.add(None, f"{ROOT}:packages:extra",
+                   f"{_q(extra)} must be a list of package names")
     mig = c["migration"]
     _bool(errors, None, f"{ROOT}:migration:enabled", mig.get("enabled"))
     ports = mig.get("ports")

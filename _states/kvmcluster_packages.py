@@ -28,12 +28,15 @@ def installed(name, pkgs, install_recommends=None, hypervisor_only=False):
         APT only: also install recommended packages (default: the model's
         ``packages:install_recommends``).
     hypervisor_only
-        Nothing to install on a management-only node (the KVM packages).
+        Nothing to install on a management-only node (the KVM packages); on a hypervisor
+        the model's ``packages:extra`` (the site's own) come with them.
     """
     if hypervisor_only:
-        gated = _skeleton().not_a_hypervisor(name, __salt__["kvmcluster_model.current"]())
+        model = __salt__["kvmcluster_model.current"]()
+        gated = _skeleton().not_a_hypervisor(name, model)
         if gated:
             return gated
+        pkgs = list(pkgs) + [p for p in model["packages"]["extra"] if p not in pkgs]
     test = __opts__["test"]
     extra = {} if install_recommends is None or __grains__.get("os_family") != "Debian" \
         else {"install_recommends": bool(install_recommends)}

@@ -332,6 +332,23 @@ def test_packages_test_equals_real_and_no_dependencies(family, recommends, kw):
     assert packages.installed("p", ["qemu-utils", "virtinst"], recommends)["changes"] == {}
 
 
+def test_extra_packages_come_with_the_kvm_packages_on_hypervisors_only():
+    pk = Pkgs(have=["qemu-utils"])
+    v = view("kvm02")
+    v["packages"] = {**v["packages"], "extra": ["virtinst", "qemu-utils"]}
+    mgmt = view("kvm02", self={**v["self"], "hypervisor": False})
+    mgmt["packages"] = v["packages"]
+    packages.__grains__, packages.__utils__ = {"os_family": "Debian"}, UTILS
+    packages.__opts__ = {"test": False}
+    packages.__salt__ = {**pk.salt(), "kvmcluster_model.current": lambda: mgmt}
+    assert packages.installed("p", ["qemu-utils"], hypervisor_only=True)["changes"] == {}
+    assert pk.installed == []
+    packages.__salt__ = {**pk.salt(), "kvmcluster_model.current": lambda: v}
+    ret = packages.installed("p", ["qemu-utils"], hypervisor_only=True)
+    assert ret["changes"] == {"virtinst": {"old": None, "new": "1.0-1"}}, ret
+    assert [names for names, _ in pk.installed] == [["virtinst"]]
+
+
 def test_binding_imported_in_process_needs_no_child(monkeypatch):
     monkeypatch.setitem(sys.modules, "libvirt", types.ModuleType("libvirt"))
 

@@ -4,6 +4,7 @@ Debian 12's names are proven for real by the lab: its image build downloads ever
 of REPO_PACKAGES with apt (an unknown name fails the build) and the lab tier installs them
 with the formula. EL names cannot be fetched here; known-wrong ones are refused.
 """
+import pytest
 import yaml
 
 from kvmtestlib import REPO
@@ -29,8 +30,16 @@ def test_redhat_packages_exist_on_el9():
     names = set(pkgs["kvm"]) | set(pkgs["nfs_server"]) | set(pkgs["nfs_client"])
     # Gone from EL9 (and never needed with iproute2): must not be asked for.
     assert not names & {"qemu-kvm-tools", "bridge-utils", "libvirt-python", "python-libvirt"}
-    assert {"qemu-kvm", "libvirt-daemon-kvm", "python3-libvirt", "virt-install",
-            "edk2-ovmf", "nfs-utils"} <= names
+    assert {"qemu-kvm", "libvirt-daemon-kvm", "python3-libvirt", "nfs-utils"} <= names
+
+
+@pytest.mark.parametrize("name", ["Debian", "RedHat"])
+def test_only_what_the_states_run_is_installed(name):
+    """Operators' tools and UEFI firmware are the site's choice (packages:extra): no state
+    runs virt-install, and guests boot with the BIOS QEMU ships."""
+    pkgs = family(name)["pkgs"]["kvm"]
+    assert not set(pkgs) & {"virtinst", "virt-install", "ovmf", "edk2-ovmf", "virt-manager",
+                            "virt-viewer"}
 
 
 def test_el9_runs_modular_daemons():
