@@ -142,7 +142,75 @@ def converge_and_noop(nodes, runs, results, tag):
     results[f"slowest_noop_states_{tag}"] = slow
     if nodes <= 3:
         mux_effect(runs, results, tag)
+        anatomy(ips, results, tag)
     return ips
+
+
+SSH_LOGGER = """#!/bin/bash
+# Times one {tool} call of salt-ssh and names what it carried (benchmark only).
+t0=$(date +%s.%N); /usr/bin/{tool} "$@"; rc=$?; t1=$(date +%s.%N)
+what=other
+for a in "$@"; do case "$a" in
+  *salt-thin.tgz) what=thin;; *salt-ext_mods.tgz) what=ext_mods;; *salt_state.tgz) what=state_tar;;
+  /bin/sh*) what=command;; esac; done
+echo "$t0 $t1 {tool} $what" >> {log}
+exit $rc
+"""
+
+
+def traced_salt_ssh(*args):
+    """salt-ssh with its ssh and scp calls timed: (wall, calls [(tool, what, seconds)])."""
+    bindir = paths.HOME / "bench-sshlog"
+    bindir.mkdir(exist_ok=True)
+    log = bindir / "calls.log"
+    log.unlink(missing_ok=True)
+    for tool in ("ssh", "scp"):
+        (bindir / tool).write_text(SSH_LOGGER.format(tool=tool, log=log))
+        (bindir / tool).chmod(0o755)
+    env = dict(salt_env(), PATH=f"{bindir}:{salt_env()['PATH']}")
+    wall, _, proc = timed(saltcfg.salt_ssh_argv(*args), env=env)
+    if proc.returncode != 0:
+        sys.exit(f"traced run failed:\n{proc.stdout[-2000:]}")
+    calls = []
+    for line in log.read_text().splitlines() if log.exists() else []:
+        t0, t1, tool, what = line.split()
+        calls.append((tool, what, float(t1) - float(t0)))
+    return wall, calls
+
+
+def anatomy(ips, results, tag):
+    """What one no-op run sends over SSH per node, with and without connection reuse, and
+    what the thin costs when it is not on the node yet (cold) against reusing it."""
+    out = {}
+    for on in (False, True):
+        set_mux(on)
+        traced_salt_ssh("*", "state.apply", "kvmcluster")  # the masters exist (when on)
+        _, calls = traced_salt_ssh("*", "state.apply", "kvmcluster")
+        per = {}
+        for tool, what, secs in calls:
+            if what == "other":
+                continue  # ssh -V and the like, once per run
+            row = per.setdefault(f"{tool} {what}", {"calls_per_node": 0, "seconds": []})
+            row["seconds"].append(secs)
+        for row in per.values():
+            row["calls_per_node"] = round(len(row["seconds"]) / len(ips), 1)
+            row["median_s"] = round(statistics.median(row.pop("seconds")), 3)
+        out["mux" if on else "no_mux"] = per
+    set_mux(True)
+    warm = []
+    cold = []
+    for _ in range(2):
+        wall, _ = traced_salt_ssh("*", "state.apply", "kvmcluster")
+        warm.append(wall)
+        for ip in ips:
+            node_ssh(ip, "rm -rf /var/tmp/.root_*_salt")
+        wall, calls = traced_salt_ssh("*", "state.apply", "kvmcluster")
+        cold.append(wall)
+        out["cold_thin_sends_per_node"] = round(
+            sum(1 for _, what, _ in calls if what == "thin") / len(ips), 1)
+    out["warm_noop"] = stats(warm)
+    out["cold_thin_noop"] = stats(cold)
+    results[f"ssh_anatomy_{tag}"] = out
 
 
 def raw_install(nodes, results):
@@ -333,6 +401,16 @@ def table(r):
     r["ratios"] = checks
     out.append("")
     out += [f"{k}: {v}" for k, v in checks.items()]
+    anat = r.get("ssh_anatomy_3") or {}
+    for key, label in (("no_mux", "without reuse"), ("mux", "with ControlMaster")):
+        if anat.get(key):
+            out.append(f"SSH per node per no-op run, {label}: " + "; ".join(
+                f"{k} x{v['calls_per_node']} ({v['median_s']} s each)"
+                for k, v in sorted(anat[key].items())))
+    if anat.get("warm_noop"):
+        out.append(f"thin kept on the nodes: no-op {anat['warm_noop']['median']} s; thin removed "
+                   f"first (shipped again, {anat.get('cold_thin_sends_per_node')} per node): "
+                   f"{anat['cold_thin_noop']['median']} s (medians of {anat['warm_noop']['n']})")
     slow = r.get("slowest_noop_states_3") or []
     if slow:
         out.append("slowest states of a no-op run (ms, node, state): "
