@@ -145,8 +145,12 @@ def test_roster_from_the_model():
     assert sorted(got) == ["kvm01", "kvm02", "kvm03", "mgmt01", "mgmt02"]
     assert got["kvm02"] == {"host": "172.30.10.42", "user": "kvmadmin", "sudo": True,
                             "priv": "/root/.ssh/kvm",
-                            "set_path": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    assert model.roster(parameters=formula_values(), user="root")["mgmt01"] == {
+                            "set_path": "/usr/sbin:/usr/bin:/sbin:/bin",
+                            "ssh_options": ["ControlMaster=auto",
+                                            "ControlPath=~/.ssh/kvmcluster-%C",
+                                            "ControlPersist=60", "ServerAliveInterval=5",
+                                            "ServerAliveCountMax=3"]}
+    assert model.roster(parameters=formula_values(), user="root", reuse=False)["mgmt01"] == {
         "host": "172.30.10.11", "user": "root", "set_path": "/usr/sbin:/usr/bin:/sbin:/bin"}
     model.__pillar__ = {"kvmcluster": {"nodes": {"kvm01": {"ip": "x"}}}}
     with pytest.raises(model.CommandExecutionError, match="kvmcluster:nodes:kvm01:ip"):
