@@ -230,7 +230,9 @@ def test_roster_from_the_model_reaches_every_node_as_the_account(mgmt_lab, conve
     assert sorted(roster) == sorted(ALL)
     assert roster["kvm02"]["host"] == "172.30.10.42" and roster["kvm02"]["user"] == "kvmadmin"
     for entry in roster.values():
-        entry["ssh_options"] = ["UserKnownHostsFile=/dev/null", "StrictHostKeyChecking=no"]
+        # The roster's connection reuse, with the lab's throwaway host keys.
+        assert "ControlMaster=auto" in entry["ssh_options"], entry
+        entry["ssh_options"] += ["UserKnownHostsFile=/dev/null", "StrictHostKeyChecking=no"]
     path = tmp_path / "roster"
     path.write_text(json.dumps(roster))
     for n in ALL:  # each node takes the account's login (see login_as_account)
