@@ -28,12 +28,47 @@ def ctl_cpu():
     return r.ru_utime + r.ru_stime
 
 
+def ns_cpu():
+    """CPU seconds (own and reaped children's) of the processes now living in each lab
+    namespace. In the management node's namespace only SSH's connection masters count
+    (salt-ssh itself is this process's child; the lab's own servers are not measured)."""
+    inode_ns = {}
+    for ns in net.ours():
+        try:
+            inode_ns[os.stat(f"/run/netns/{ns}").st_ino] = ns
+        except OSError:
+            pass
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            ns = inode_ns.get(os.stat(f"/proc/{d}/ns/net").st_ino)
+            if ns is None:
+                continue
+            with open(f"/proc/{d}/stat", encoding="utf-8") as fh:
+                comm, rest = fh.read().split(" (", 1)[1].rsplit(")", 1)
+        except OSError:
+            continue
+        if ns == net.CONTROLLER and comm != "ssh":
+            continue
+        out[ns] = out.get(ns, 0) + sum(int(x) for x in rest.split()[11:15])
+    return {k: v / os.sysconf("SC_CLK_TCK") for k, v in out.items()}
+
+
+LAST_NODE_CPU = {"seconds": 0.0}
+
+
 def timed(argv, env=None, timeout=3600):
-    """(wall seconds, controller CPU seconds, completed process)."""
-    c0, t0 = ctl_cpu(), time.monotonic()
+    """(wall seconds, management-side CPU seconds, completed process); the CPU the nodes
+    spent in the same run is left in LAST_NODE_CPU."""
+    n0, c0, t0 = ns_cpu(), ctl_cpu(), time.monotonic()
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env,
                           check=False)
-    return time.monotonic() - t0, ctl_cpu() - c0, proc
+    wall, c1, n1 = time.monotonic() - t0, ctl_cpu(), ns_cpu()
+    delta = {k: v - n0.get(k, 0.0) for k, v in n1.items()}
+    LAST_NODE_CPU["seconds"] = sum(v for k, v in delta.items() if k != net.CONTROLLER)
+    return wall, c1 - c0 + delta.get(net.CONTROLLER, 0.0), proc
 
 
 def salt_env():
@@ -122,7 +157,7 @@ def converge_and_noop(nodes, runs, results, tag):
                                      "nodes": nodes, "packages_before": before,
                                      "packages_after": after}
     series = {"ping": [], "floor_sls": [], "kvmcluster_noop": []}
-    cpu_noop, slow = [], []
+    cpu_noop, node_noop, slow = [], [], []
     for _ in range(runs):
         for name, argv in (("ping", ("*", "test.ping")),
                            ("floor_sls", ("*", "state.apply", "benchnoop")),
@@ -134,11 +169,14 @@ def converge_and_noop(nodes, runs, results, tag):
             series[name].append(wall)
             if name == "kvmcluster_noop":
                 cpu_noop.append(cpu)
+                node_noop.append(LAST_NODE_CPU["seconds"])
                 slow = state_durations(proc.stdout)[:8]
     for name, values in series.items():
         results[f"{name}_{tag}"] = stats(values)
     results[f"kvmcluster_noop_ctl_cpu_per_node_{tag}"] = round(
         statistics.median(cpu_noop) / nodes, 2)
+    results[f"kvmcluster_noop_node_cpu_per_node_{tag}"] = round(
+        statistics.median(node_noop) / nodes, 2)
     results[f"slowest_noop_states_{tag}"] = slow
     if nodes <= 3:
         mux_effect(runs, results, tag)
@@ -265,7 +303,7 @@ def ansible(nodes, runs, results):
     results["ansible_first"] = {"seconds": round(wall, 1), "ctl_cpu_s": round(cpu, 1),
                                 "nodes": nodes, "packages_before": before,
                                 "packages_after": package_count(ips[0])}
-    walls, cpus = [], []
+    walls, cpus, node_cpus = [], [], []
     for _ in range(runs):
         wall, cpu, proc = timed(argv, env=env)
         changed = [int(x) for x in re.findall(r"changed=(\d+)", proc.stdout)]
@@ -273,7 +311,9 @@ def ansible(nodes, runs, results):
             sys.exit(f"ansible no-op failed or changed:\n{proc.stdout[-3000:]}")
         walls.append(wall)
         cpus.append(cpu)
+        node_cpus.append(LAST_NODE_CPU["seconds"])
     results["ansible_noop"] = stats(walls)
+    results["ansible_noop_node_cpu_per_node"] = round(statistics.median(node_cpus) / nodes, 2)
     results["ansible_noop_ctl_cpu_per_node"] = round(statistics.median(cpus) / nodes, 2)
 
 
@@ -318,7 +358,7 @@ def master_mode(nodes, runs, results):
     results[f"master_first_apply_{nodes}"] = {"seconds": round(wall, 1),
                                               "ctl_cpu_s": round(cpu, 1), "nodes": nodes}
     series = {"ping": [], "floor_sls": [], "kvmcluster_noop": []}
-    cpus = []
+    cpus, node_cpus = [], []
     for _ in range(runs):
         for name, argv in (("ping", ("*", "test.ping")),
                            ("floor_sls", ("*", "state.apply", "benchnoop")),
@@ -333,9 +373,12 @@ def master_mode(nodes, runs, results):
                 if len(changed) != nodes or any(changed):
                     sys.exit(f"master no-op changed something: {changed}")
                 cpus.append(cpu)
+                node_cpus.append(LAST_NODE_CPU["seconds"])
             series[name].append(wall)
     for name, values in series.items():
         results[f"master_{name}_{nodes}"] = stats(values)
+    results[f"master_noop_node_cpu_per_node_{nodes}"] = round(
+        statistics.median(node_cpus) / nodes, 2)
     results[f"master_noop_ctl_cpu_per_node_{nodes}"] = round(statistics.median(cpus) / nodes, 2)
 
 
@@ -395,6 +438,14 @@ def table(r):
             ratio(med.get("master_kvmcluster_noop_3"), med.get("master_floor_sls_3")),
         "salt-master (f): management CPU s per node per no-op run [goal <= 0.5]":
             r.get("master_noop_ctl_cpu_per_node_3"),
+        "node-side CPU s per node per no-op run, 3 nodes (same CPUs here)":
+            r.get("kvmcluster_noop_node_cpu_per_node_3"),
+        "node-side CPU s per node per no-op run, 12 nodes":
+            r.get("kvmcluster_noop_node_cpu_per_node_12"),
+        "Ansible node-side CPU s per node per no-op run":
+            r.get("ansible_noop_node_cpu_per_node"),
+        "salt-master (f): node-side CPU s per node per no-op run":
+            r.get("master_noop_node_cpu_per_node_3"),
         "Ansible controller CPU s per node per no-op run":
             r.get("ansible_noop_ctl_cpu_per_node"),
     }
