@@ -1265,10 +1265,11 @@ def current():
 
 
 # SSH options of the fleet setup: one connection per node, reused by every call of a run
-# (salt-ssh makes five or six per node) and by the next run within a minute; a session cut
-# by a re-addressing ends in seconds rather than at TCP's timeout.
+# (salt-ssh makes five or six per node) and by the next run within a minute. Keepalive
+# belongs in the master config (ssh_keepalive_interval): salt-ssh puts its own -o first
+# and ssh keeps the first value, so a roster's ServerAliveInterval never applies.
 ROSTER_SSH_OPTIONS = ["ControlMaster=auto", "ControlPath=~/.ssh/kvmcluster-%C",
-                      "ControlPersist=60", "ServerAliveInterval=5", "ServerAliveCountMax=3"]
+                      "ControlPersist=60"]
 
 
 def roster(parameters=None, priv=None, user=None, reuse=True):

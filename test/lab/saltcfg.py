@@ -182,6 +182,10 @@ def write(nodes, extra_pillar=None):
         # The runners' shared code (the cluster view), as saltutil.sync_utils would.
         "utils_dirs": [str(paths.REPO_ROOT / "_utils")],
         "ssh_max_procs": max(8, len(nodes)),
+        # A connection (and a reused one's master) whose peer is gone (a re-addressing, a
+        # node off the network) ends within ~30 s rather than salt-ssh's 3 x 60 s.
+        "ssh_keepalive_interval": 5,
+        "ssh_keepalive_count_max": 6,
         "log_level_logfile": "info",
     }
     (SALT_DIR / "master").write_text(yaml.safe_dump(master, sort_keys=False))
@@ -197,13 +201,13 @@ def write(nodes, extra_pillar=None):
             "priv": str(paths.SSH_KEY),
             # Root's interpreter shims on the controller must not leak into the target.
             "set_path": "/usr/sbin:/usr/bin:/sbin:/bin",
-            # A session cut by a re-addressing ends in seconds, not at TCP's timeout.
             # One SSH connection per node and run (salt-ssh opens five or six: the thin
             # check, the extension modules, the state tarball, two commands), kept open
-            # for the next run: the fleet setup README recommends.
+            # for the next run: the fleet setup README recommends. (Keepalive and connect
+            # timeout here would be ignored: salt-ssh puts its own -o first, and ssh keeps
+            # the first value. They are ssh_keepalive_* in the master config.)
             "ssh_options": ["UserKnownHostsFile=/dev/null", "StrictHostKeyChecking=no",
-                            "ConnectTimeout=10", "ServerAliveInterval=5",
-                            "ServerAliveCountMax=3", *mux_options()],
+                            *mux_options()],
         }
     (SALT_DIR / "roster").write_text(yaml.safe_dump(roster, sort_keys=False))
     saltfile = {

@@ -148,8 +148,7 @@ def test_roster_from_the_model():
                             "set_path": "/usr/sbin:/usr/bin:/sbin:/bin",
                             "ssh_options": ["ControlMaster=auto",
                                             "ControlPath=~/.ssh/kvmcluster-%C",
-                                            "ControlPersist=60", "ServerAliveInterval=5",
-                                            "ServerAliveCountMax=3"]}
+                                            "ControlPersist=60"]}
     assert model.roster(parameters=formula_values(), user="root", reuse=False)["mgmt01"] == {
         "host": "172.30.10.11", "user": "root", "set_path": "/usr/sbin:/usr/bin:/sbin:/bin"}
     model.__pillar__ = {"kvmcluster": {"nodes": {"kvm01": {"ip": "x"}}}}
