@@ -146,6 +146,29 @@ def mux_effect(runs, results, tag):
     results[f"kvmcluster_noop_mux_{tag}"] = stats(series[True])
 
 
+# The no-op rows, run alternating: Salt's floor (a ping, one state that does nothing) and
+# the converged formula.
+NOOP_ROWS = (("ping", ("*", "test.ping")),
+             ("floor_sls", ("*", "state.apply", "benchnoop")),
+             ("kvmcluster_noop", ("*", "state.apply", "kvmcluster", "--out=json", "--static")))
+
+
+def noop_rows(run, runs, what):
+    """NOOP_ROWS ``runs`` times through ``run`` (salt-ssh or the master's salt): the wall
+    times per row, and (management CPU, node CPU, stdout) of each kvmcluster run."""
+    series = {name: [] for name, _ in NOOP_ROWS}
+    noop = []
+    for _ in range(runs):
+        for name, argv in NOOP_ROWS:
+            wall, cpu, proc = run(*argv)
+            if proc.returncode != 0:
+                sys.exit(f"{what} {name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+            series[name].append(wall)
+            if name == "kvmcluster_noop":
+                noop.append((cpu, LAST_NODE_CPU["seconds"], proc.stdout))
+    return series, noop
+
+
 def converge_and_noop(nodes, runs, results, tag):
     ips = fresh_lab(nodes)
     before = package_count(ips[0])
@@ -156,28 +179,14 @@ def converge_and_noop(nodes, runs, results, tag):
     results[f"first_apply_{tag}"] = {"seconds": round(wall, 1), "ctl_cpu_s": round(cpu, 1),
                                      "nodes": nodes, "packages_before": before,
                                      "packages_after": after}
-    series = {"ping": [], "floor_sls": [], "kvmcluster_noop": []}
-    cpu_noop, node_noop, slow = [], [], []
-    for _ in range(runs):
-        for name, argv in (("ping", ("*", "test.ping")),
-                           ("floor_sls", ("*", "state.apply", "benchnoop")),
-                           ("kvmcluster_noop", ("*", "state.apply", "kvmcluster", "--out=json",
-                                                "--static"))):
-            wall, cpu, proc = salt_ssh(*argv)
-            if proc.returncode != 0:
-                sys.exit(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-            series[name].append(wall)
-            if name == "kvmcluster_noop":
-                cpu_noop.append(cpu)
-                node_noop.append(LAST_NODE_CPU["seconds"])
-                slow = state_durations(proc.stdout)[:8]
+    series, noop = noop_rows(salt_ssh, runs, "salt-ssh")
     for name, values in series.items():
         results[f"{name}_{tag}"] = stats(values)
     results[f"kvmcluster_noop_ctl_cpu_per_node_{tag}"] = round(
-        statistics.median(cpu_noop) / nodes, 2)
+        statistics.median(c for c, _, _ in noop) / nodes, 2)
     results[f"kvmcluster_noop_node_cpu_per_node_{tag}"] = round(
-        statistics.median(node_noop) / nodes, 2)
-    results[f"slowest_noop_states_{tag}"] = slow
+        statistics.median(n for _, n, _ in noop) / nodes, 2)
+    results[f"slowest_noop_states_{tag}"] = state_durations(noop[-1][2])[:8]
     if nodes <= 3:
         mux_effect(runs, results, tag)
         anatomy(ips, results, tag)
@@ -357,30 +366,17 @@ def master_mode(nodes, runs, results):
         report.confirm(pending, salt=lambda *a: master.salt(*a, "--timeout=120"))
     results[f"master_first_apply_{nodes}"] = {"seconds": round(wall, 1),
                                               "ctl_cpu_s": round(cpu, 1), "nodes": nodes}
-    series = {"ping": [], "floor_sls": [], "kvmcluster_noop": []}
-    cpus, node_cpus = [], []
-    for _ in range(runs):
-        for name, argv in (("ping", ("*", "test.ping")),
-                           ("floor_sls", ("*", "state.apply", "benchnoop")),
-                           ("kvmcluster_noop", ("*", "state.apply", "kvmcluster", "--out=json",
-                                                "--static"))):
-            wall, cpu, proc = run(*argv)
-            if proc.returncode != 0:
-                sys.exit(f"master {name} failed:\n{proc.stdout[-2000:]}")
-            if name == "kvmcluster_noop":
-                changed = [report.summarize(r)["changed"]
-                           for r in report.parse_json(proc.stdout).values()]
-                if len(changed) != nodes or any(changed):
-                    sys.exit(f"master no-op changed something: {changed}")
-                cpus.append(cpu)
-                node_cpus.append(LAST_NODE_CPU["seconds"])
-            series[name].append(wall)
+    series, noop = noop_rows(run, runs, "salt-master")
+    for _, _, stdout in noop:
+        changed = [report.summarize(r)["changed"] for r in report.parse_json(stdout).values()]
+        if len(changed) != nodes or any(changed):
+            sys.exit(f"master no-op changed something: {changed}")
     for name, values in series.items():
         results[f"master_{name}_{nodes}"] = stats(values)
     results[f"master_noop_node_cpu_per_node_{nodes}"] = round(
-        statistics.median(node_cpus) / nodes, 2)
-    results[f"master_noop_ctl_cpu_per_node_{nodes}"] = round(statistics.median(cpus) / nodes, 2)
-
+        statistics.median(n for _, n, _ in noop) / nodes, 2)
+    results[f"master_noop_ctl_cpu_per_node_{nodes}"] = round(
+        statistics.median(c for c, _, _ in noop) / nodes, 2)
 
 def ratio(a, b):
     return round(a / b, 2) if a and b else None
