@@ -1268,7 +1268,10 @@ def current():
 # (salt-ssh makes five or six per node) and by the next run within a minute. Keepalive
 # belongs in the master config (ssh_keepalive_interval): salt-ssh puts its own -o first
 # and ssh keeps the first value, so a roster's ServerAliveInterval never applies.
-ROSTER_SSH_OPTIONS = ["ControlMaster=auto", "ControlPath=~/.ssh/kvmcluster-%C",
+# The sockets sit in the home directory itself: ~/.ssh may not exist (ssh creates it only
+# when it writes known_hosts) and ssh cannot bind a socket there then; ssh removes each
+# socket when its connection ends, and serves only its own user on it.
+ROSTER_SSH_OPTIONS = ["ControlMaster=auto", "ControlPath=~/.kvmcluster-ssh-%C",
                       "ControlPersist=60"]
 
 
@@ -1277,8 +1280,8 @@ def roster(parameters=None, priv=None, user=None, reuse=True):
     A salt-ssh roster for the nodes of the model, so the operator keeps one list: host = the
     node's address, user = the model's account (or ``user``), with sudo when that is not
     root, and ``set_path`` so that sudo finds the system tools. The model is validated first.
-    With ``reuse`` (default) each entry reuses its SSH connection (ControlMaster; sockets in
-    ``~/.ssh``); ``reuse=False`` leaves SSH's defaults.
+    With ``reuse`` (default) each entry reuses its SSH connection (ControlMaster; sockets
+    ``~/.kvmcluster-ssh-*`` while a connection lasts); ``reuse=False`` leaves SSH's defaults.
 
     CLI Example:
 

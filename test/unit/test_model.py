@@ -147,7 +147,7 @@ def test_roster_from_the_model():
                             "priv": "/root/.ssh/kvm",
                             "set_path": "/usr/sbin:/usr/bin:/sbin:/bin",
                             "ssh_options": ["ControlMaster=auto",
-                                            "ControlPath=~/.ssh/kvmcluster-%C",
+                                            "ControlPath=~/.kvmcluster-ssh-%C",
                                             "ControlPersist=60"]}
     assert model.roster(parameters=formula_values(), user="root", reuse=False)["mgmt01"] == {
         "host": "172.30.10.11", "user": "root", "set_path": "/usr/sbin:/usr/bin:/sbin:/bin"}
