@@ -180,6 +180,7 @@ def _parse(xml_text):
     out["owned"] = own is not None
     out["volumes"] = [dict(v.attrib) for v in own.findall(f"{{{NS}}}volume")] if own is not None else []
     out["image"] = own.findtext(f"{{{NS}}}image") if own is not None else None
+    out["clone"] = own.findtext(f"{{{NS}}}clone") if own is not None else None
     return out
 
 

@@ -4,7 +4,9 @@ State for the VMs of the cluster model (``kvmcluster:vms``) that belong on this 
 One state for all of them, so that the node's capacity is checked for the whole plan before
 anything changes. Changes are keyed by VM name, ``{"old", "new"}``: a new VM (``old`` None),
 drift in vcpus, memory, disk size, NIC, autostart or power state, or a removal (``new``
-None). Domains that kvmcluster did not make are never touched.
+None). Image, clone and storage are fixed when a VM is made: a model that differs there
+stops the run with the reason (never a silent skip, never a remade disk). Domains that
+kvmcluster did not make are never touched.
 """
 import math
 
@@ -100,6 +102,7 @@ def _plan(view, vms, uri):
                                      "or rename it first (it is not the formula's to reuse)")
             changes[name] = {"old": None, "new": want}
             continue
+        _refuse_rebuild(view, vm, cur)
         have = _have(cur)
         if have["disks_gb"] and len(have["disks_gb"]) != len(want["disks_gb"]):
             raise sk.Refused(f"VM {name}: has {len(have['disks_gb'])} extra disks, the model "
@@ -118,6 +121,40 @@ def _plan(view, vms, uri):
         if diff_new:
             changes[name] = {"old": diff_old, "new": diff_new}
     return changes, current
+
+
+def _made_with(view, cur):
+    """What an existing VM was made with, from the formula's metadata (None: not recorded):
+    its image, clone, and the pool its first disk is in."""
+    vols = cur.get("volumes") or []
+    return {"image": cur.get("image"), "clone": cur.get("clone"),
+            "pool": vols[0].get("pool") if vols else None}
+
+
+def _storage_label(view, pool):
+    if pool == view["storage"]["primary"]["name"]:
+        return "'primary'"
+    if pool == (view["storage"]["secondary"].get("pool") or {}).get("name"):
+        return "'secondary'"
+    return f"pool {pool!r}"
+
+
+def _refuse_rebuild(view, vm, cur):
+    """Image, clone and storage are fixed when a VM is made: changing one would mean a new
+    disk (its data lost) or moving it, so a difference stops the run rather than being
+    skipped in silence."""
+    made = _made_with(view, cur)
+    for key, got, want in (("image", made["image"], vm["image"]),
+                           ("clone", made["clone"], vm["clone"]),
+                           ("storage", made["pool"], vm["pool"])):
+        if got is None or got == want:
+            continue
+        was = _storage_label(view, got) if key == "storage" else repr(got)
+        raise _skeleton().Refused(
+            f"VM {vm['name']} on {view['self']['name']}: kvmcluster:vms:{vm['name']}:{key} "
+            f"is {vm[key]!r} but the VM was made with {was}; the formula never remakes or "
+            "moves an existing VM's disks: set it back, or remove the VM (state: absent), "
+            "apply, then add it again (its disks start anew)")
 
 
 def _golden_paths(view, uri):
