@@ -4,6 +4,7 @@ socket unit drop-ins.
 """
 import os
 import re
+import stat
 
 __virtualname__ = "kvmcluster_libvirt"
 
@@ -88,7 +89,10 @@ def conf_write(path, settings, sep=" = "):
         salt '*' kvmcluster_libvirt.conf_write /etc/libvirt/libvirtd.conf '{listen_tls: 0}'
     """
     lines = []
+    # The file keeps its mode: qemu.conf is 0600 (it may hold VNC/SPICE passwords).
+    mode = 0o600
     if os.path.exists(path):
+        mode = stat.S_IMODE(os.stat(path).st_mode)
         with open(path, encoding="utf-8") as fh:
             lines = fh.read().splitlines()
     pending = dict(settings)
@@ -100,7 +104,7 @@ def conf_write(path, settings, sep=" = "):
         lines.append("")
         lines.append("# Set by kvmcluster (pillar kvmcluster:libvirt).")
         lines += [f"{k}{sep}{render_value(v)}" for k, v in pending.items()]
-    __salt__["kvmcluster_node.write_file"](path, "\n".join(lines) + "\n")
+    __salt__["kvmcluster_node.write_file"](path, "\n".join(lines) + "\n", mode=mode)
     return sorted(settings)
 
 

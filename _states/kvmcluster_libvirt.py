@@ -52,11 +52,21 @@ def _desired_settings(view):
     return settings
 
 
+def _qemu_settings(view):
+    """qemu.conf keys the model asks for: QEMU takes a live migration's incoming port from
+    this range, the range the firewall opens to the peers (migration:ports)."""
+    mig = view["migration"]
+    if not mig["enabled"]:
+        return {}
+    return {"migration_port_min": mig["ports"][0], "migration_port_max": mig["ports"][1]}
+
+
 def _ret(name):
     return {"name": name, "changes": {}, "result": True, "comment": ""}
 
 
-def config_managed(name, path, rw_sockets=(), ro_sockets=(), env_file=None, env=None):
+def config_managed(name, path, rw_sockets=(), ro_sockets=(), env_file=None, env=None,
+                   qemu_config=None):
     """
     libvirt's daemon config at ``path`` holds the model's settings, and the socket units
     ``rw_sockets``/``ro_sockets`` carry its unix socket group and modes.
@@ -68,6 +78,9 @@ def config_managed(name, path, rw_sockets=(), ro_sockets=(), env_file=None, env=
     env_file, env
         The daemon's environment file and the variables it must hold (the packaged
         ``--timeout 120`` would stop an idle libvirtd; a hypervisor's daemon stays up).
+    qemu_config
+        The QEMU driver's config (qemu.conf): its migration port range follows
+        ``migration:ports`` (left alone when migration is off).
     """
     gated = _skeleton().not_a_hypervisor(name, __salt__["kvmcluster_model.current"]())
     if gated:
@@ -90,6 +103,10 @@ def config_managed(name, path, rw_sockets=(), ro_sockets=(), env_file=None, env=
             env_diff = __salt__["kvmcluster_libvirt.conf_diff"](env_file, env)
             if env_diff:
                 changes[env_file] = env_diff
+        qemu = _qemu_settings(view) if qemu_config else {}
+        qemu_diff = __salt__["kvmcluster_libvirt.conf_diff"](qemu_config, qemu) if qemu else {}
+        if qemu_diff:
+            changes[qemu_config] = qemu_diff
         lv = view["libvirt"]
         dropins = {}
         for sockets, mode in ((rw_sockets, lv["unix_sock_rw_perms"]),
@@ -106,7 +123,8 @@ def config_managed(name, path, rw_sockets=(), ro_sockets=(), env_file=None, env=
         ret.update(result=False, comment=str(exc))
         return ret
     if not changes:
-        ret["comment"] = f"{path} and the socket drop-ins are as the model says"
+        ret["comment"] = f"{path}, {qemu_config or 'qemu.conf (not managed)'} and the " \
+            "socket drop-ins are as the model says"
         return ret
     if __opts__["test"]:
         ret.update(result=None, changes=changes, comment=f"{len(changes)} file(s) would change")
@@ -116,6 +134,8 @@ def config_managed(name, path, rw_sockets=(), ro_sockets=(), env_file=None, env=
             __salt__["kvmcluster_libvirt.conf_write"](path, settings)
         if env_diff:
             __salt__["kvmcluster_libvirt.conf_write"](env_file, env, sep="=")
+        if qemu_diff:
+            __salt__["kvmcluster_libvirt.conf_write"](qemu_config, qemu)
         for p, text in dropins.items():
             __salt__["kvmcluster_node.write_file"](p, text)
         if dropins:
@@ -123,6 +143,8 @@ def config_managed(name, path, rw_sockets=(), ro_sockets=(), env_file=None, env=
         left = __salt__["kvmcluster_libvirt.conf_diff"](path, settings)
         if env_diff:
             left.update(__salt__["kvmcluster_libvirt.conf_diff"](env_file, env))
+        if qemu_diff:
+            left.update(__salt__["kvmcluster_libvirt.conf_diff"](qemu_config, qemu))
         left_dropins = [p for p, t in dropins.items()
                         if __salt__["kvmcluster_node.file_text"](p) != t]
     except Exception as exc:  # pylint: disable=broad-except

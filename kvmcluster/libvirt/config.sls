@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # vim: ft=sls
-# libvirtd.conf key by key, socket group/mode drop-ins, no TCP listener, TLS only if asked.
+# libvirtd.conf key by key, qemu.conf's migration ports, socket group/mode drop-ins, no TCP listener, TLS only if asked.
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- from tplroot ~ "/map.jinja" import mapdata with context %}
 {%- set lv = mapdata.libvirt %}
@@ -14,6 +14,7 @@ kvmcluster-libvirt-config-managed:
     - ro_sockets: {{ lv.ro_sockets | json }}
     - env_file: {{ lv.env_file }}
     - env: {{ lv.env | json }}
+    - qemu_config: {{ lv.qemu_config }}
     - require:
       - kvmcluster_packages: kvmcluster-prereqs-pkgs-installed
 

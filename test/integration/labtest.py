@@ -56,7 +56,7 @@ TIMINGS_FILE = "/tmp/kvmcluster-lab-timings.jsonl"
 
 FINGERPRINT_PY = r"""
 import hashlib, json, os, subprocess, libvirt
-files = ["/etc/libvirt/libvirtd.conf", "/etc/default/libvirtd",
+files = ["/etc/libvirt/libvirtd.conf", "/etc/libvirt/qemu.conf", "/etc/default/libvirtd",
          "/etc/sysctl.d/60-kvmcluster.conf", "/etc/modules-load.d/kvmcluster.conf",
          "/etc/systemd/system/libvirtd.socket.d/kvmcluster.conf",
          "/etc/systemd/system/libvirtd-ro.socket.d/kvmcluster.conf"]

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from lab import control, net
+from lab import control, net, saltcfg
 from lab.report import summarize
 
 from labtest import Lab, record_timing, show
@@ -104,7 +104,9 @@ def test_secondary_storage_over_nfs(vm_lab):
     # other in for migration; the rules are runtime and permanent alike.
     nfs = [f'rule family="ipv4" source address="{c}" service name="{svc}" accept'
            for c in ("172.30.10.41", "172.30.10.42") for svc in ("mountd", "nfs", "rpc-bind")]
-    mig = 'rule family="ipv4" source address="{}" port port="49152-49215" protocol="tcp" accept'
+    first, last = saltcfg.MIGRATION_PORTS
+    mig = ('rule family="ipv4" source address="{}" port port="%d-%d" protocol="tcp" accept'
+           % (first, last))
     assert rich_rules(vm_lab, "kvm01") == sorted(nfs + [mig.format("172.30.10.42")])
     assert rich_rules(vm_lab, "kvm02") == [mig.format("172.30.10.41")]
     for node in ("kvm01", "kvm02"):

@@ -5,11 +5,12 @@ serial console (a file on their node)."""
 import hashlib
 import json
 import subprocess
+import threading
 import time
 
 import pytest
 
-from lab import control, guest, paths, saltcfg
+from lab import control, guest, net, paths, saltcfg
 from lab.report import summarize
 from labtest import Lab, record_timing, show
 
@@ -347,14 +348,54 @@ def migrate(vm, target, *extra):
     return data, proc, time.monotonic() - t0
 
 
+class Listeners:
+    """The TCP ports above 49151 that listen in a node's network namespace, sampled every
+    20 ms while the block runs (at most 120 s): where a migration's incoming side listens."""
+
+    def __init__(self, node):
+        self.argv = ["ip", "netns", "exec", net.PREFIX + node, "ss", "-Hltn"]
+        self.ports, self.stop = set(), threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self):
+        deadline = time.monotonic() + 120
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            out = subprocess.run(self.argv, capture_output=True, text=True, timeout=10,
+                                 check=False).stdout
+            for line in out.splitlines():
+                port = int(line.split()[3].rsplit(":", 1)[1])
+                if port > 49151:
+                    self.ports.add(port)
+            self.stop.wait(0.02)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=30)
+
+
 def test_live_migration_with_a_copied_disk_and_with_a_shared_disk(at_base):
     lab = at_base
+    first, last = saltcfg.MIGRATION_PORTS
+    for node in ("kvm01", "kvm02"):  # QEMU's incoming ports: migration:ports, not its own
+        conf = lab.ssh(node, "grep -E '^migration_port_(min|max) ' /etc/libvirt/qemu.conf; "
+                       "stat -c %a /etc/libvirt/qemu.conf").split("\n")
+        assert conf[:3] == [f"migration_port_min = {first}", f"migration_port_max = {last}",
+                            "600"], conf
     for vm, how in (("vm1", "node-local disk copied"), ("vm4", "disk on the shared storage")):
         before = ticks(console(lab, vm, "kvm01"))
         assert before, f"{vm} prints no counter on kvm01"
         seen = len(console(lab, vm, "kvm02"))  # an earlier visit's lines are not this one's
-        data, proc, took = migrate(vm, "kvm02")
+        with Listeners("kvm02") as listening:
+            data, proc, took = migrate(vm, "kvm02")
         assert proc.returncode == 0 and data["migrated"], data
+        # The incoming side (QEMU, and the disk copy's NBD server) listened in the range the
+        # firewall opens to the peers, and nowhere else above 49151.
+        assert listening.ports and all(first <= p <= last for p in listening.ports), \
+            sorted(listening.ports)
         assert data["copied"] == (["vda"] if vm == "vm1" else []), data
         after = []
         deadline = time.monotonic() + 30
@@ -376,7 +417,8 @@ def test_live_migration_with_a_copied_disk_and_with_a_shared_disk(at_base):
         show(f"{vm} migrated live kvm01 -> kvm02 ({how})",
              f"downtime {data['downtime_ms']} ms, migration {data['seconds']} s, runner "
              f"{data['total_seconds']} s, copied {data['copied']}, source cleanup "
-             f"{data.get('source_cleanup')}\nlast tick on kvm01's console: {left}, first on "
+             f"{data.get('source_cleanup')}\nlistening on kvm02 meanwhile (above 49151): "
+             f"{sorted(listening.ports)}\nlast tick on kvm01's console: {left}, first on "
              f"kvm02's: {after[0]}\nvirsh list kvm01: {listed['kvm01']}\n"
              f"virsh list kvm02: {listed['kvm02']}")
     # The copy left on kvm01 went with the move; the shared disk stays where it is.

@@ -83,9 +83,15 @@ def migration_key():
     return key.read_text(), Path(str(key) + ".pub").read_text().strip()
 
 
+# Not QEMU's default range (49152-49215): a migration whose incoming port came from
+# anywhere but migration:ports (through qemu.conf) shows in the lab.
+MIGRATION_PORTS = (49400, 49463)
+
+
 def _migration_over_ssh(k, nodes):
     """Each node's host key in pillar, as an operator would paste from kvmcluster.host_keys;
     the migration key pair when every hypervisor has one (VM nodes make theirs at boot)."""
+    k["migration"] = {"ports": list(MIGRATION_PORTS)}
     keys = {n.name: _host_key(n) for n in nodes}
     for n in nodes:
         if keys[n.name]:
@@ -93,7 +99,7 @@ def _migration_over_ssh(k, nodes):
     hypervisors = [n for n in nodes if "management" not in n.roles]
     if hypervisors and all(keys[n.name] for n in hypervisors):
         private, public = migration_key()
-        k["migration"] = {"ssh": {"private_key": private, "public_key": public}}
+        k["migration"]["ssh"] = {"private_key": private, "public_key": public}
 
 
 # The lab's VMs: three tiny guests on two nodes, made from the golden image on the shared

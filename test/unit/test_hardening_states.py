@@ -2,6 +2,7 @@
 output (firewall-cmd on Debian 12, semanage/restorecon/getsebool on Rocky 9). Compliant
 means no changes; test=True reports exactly the real run's changes."""
 import copy
+import os
 import sys
 import types
 
@@ -530,3 +531,68 @@ def test_apt_recommends_follow_the_model_by_default(allow, kw):
     salt["grains.get"] = lambda key: "RedHat"
     sk.packages_install(salt, {"virtinst": {"old": None, "new": None}})
     assert got[-1] == {}
+
+
+# ---- libvirt's config files: real files, the real read/write code ---------------------
+
+lv_mod = load_module("_modules", "kvmcluster_libvirt")
+node_mod = load_module("_modules", "kvmcluster_node")
+
+
+@pytest.fixture
+def conf_files(tmp_path):
+    """libvirtd.conf and qemu.conf as Debian ships them (modes included), drop-ins in tmp."""
+    files = {"path": tmp_path / "libvirtd.conf", "qemu_config": tmp_path / "qemu.conf",
+             "env_file": tmp_path / "libvirtd.env"}
+    files["path"].write_text("#listen_tls = 0\nunix_sock_group = \"libvirt\"\n")
+    files["path"].chmod(0o644)
+    files["qemu_config"].write_text('#migration_port_min = 49152\nvnc_password = "s3cret"\n')
+    files["qemu_config"].chmod(0o600)
+    lv_mod.__salt__ = {"kvmcluster_node.write_file": node_mod.write_file}
+    systemctl = []
+    lv_state.__utils__ = UTILS
+    lv_state.__salt__ = {
+        "kvmcluster_libvirt.conf_diff": lv_mod.conf_diff,
+        "kvmcluster_libvirt.conf_write": lv_mod.conf_write,
+        "kvmcluster_libvirt.socket_dropin": lv_mod.socket_dropin,
+        "kvmcluster_libvirt.dropin_path": lambda unit: str(tmp_path / f"{unit}.d/x.conf"),
+        "kvmcluster_node.file_text": node_mod.file_text,
+        "kvmcluster_node.write_file": node_mod.write_file,
+        "kvmcluster_node.systemctl": lambda *a: systemctl.append(a),
+    }
+    return {k: str(v) for k, v in files.items()}
+
+
+def _config(files, v, test):
+    lv_state.__salt__["kvmcluster_model.current"] = lambda: copy.deepcopy(v)
+    lv_state.__opts__ = {"test": test}
+    return lv_state.config_managed("c", rw_sockets=["libvirtd.socket"],
+                                   env={"LIBVIRTD_ARGS": ""}, **files)
+
+
+def test_qemu_conf_takes_the_migration_ports_and_keeps_its_mode(conf_files):
+    v = view("kvm02")
+    v["migration"]["ports"] = [50000, 50063]
+    predicted = _config(conf_files, v, True)
+    real = _config(conf_files, v, False)
+    assert real["result"] is True, real["comment"]
+    assert predicted["result"] is None and predicted["changes"] == real["changes"]
+    assert real["changes"][conf_files["qemu_config"]] == {
+        "migration_port_min": {"old": None, "new": "50000"},
+        "migration_port_max": {"old": None, "new": "50063"}}
+    qemu = conf_files["qemu_config"]
+    assert oct(os.stat(qemu).st_mode & 0o777) == "0o600"  # it may hold passwords
+    text = open(qemu, encoding="utf-8").read()
+    assert 'vnc_password = "s3cret"' in text and "migration_port_min = 50000" in text
+    assert oct(os.stat(conf_files["path"]).st_mode & 0o777) == "0o644"
+    again = _config(conf_files, v, False)
+    assert (again["result"], again["changes"]) == (True, {})
+
+
+def test_qemu_conf_is_left_alone_without_migration(conf_files):
+    v = view("kvm02")
+    v["migration"]["enabled"] = False
+    before = open(conf_files["qemu_config"], encoding="utf-8").read()
+    ret = _config(conf_files, v, False)
+    assert ret["result"] is True and conf_files["qemu_config"] not in ret["changes"]
+    assert open(conf_files["qemu_config"], encoding="utf-8").read() == before
