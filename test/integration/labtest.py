@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from lab import control, net, paths, report, saltcfg, spec
+from lab import net, paths, report, saltcfg, spec
 
 
 def ssh(node_ip, command, check=True, input=None, timeout=300):

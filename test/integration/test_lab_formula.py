@@ -120,8 +120,8 @@ def test_test_mode_predicts_the_real_run_then_zero_changes(lab):
             {"address": f"{lab.ip[n]}/24", "from": "eth0", "to": "br0"},
             {"address": f"{net.ip6_of(lab.ip[n])}/64", "from": "eth0", "to": "br0"}]
         assert pred["changes"]["runtime"]["routes"] == [
-            f"10.99.0.0/24 via 172.30.10.1: eth0 -> br0",
-            f"fd00:99::/64 via fd00:30:10::1: eth0 -> br0"]
+            "10.99.0.0/24 via 172.30.10.1: eth0 -> br0",
+            "fd00:99::/64 via fd00:30:10::1: eth0 -> br0"]
         assert pred["changes"]["runtime"]["management_session"]["touched"] is True
         took = float(re.search(r"br0 took over in ([\d.]+)s", real["comment"]).group(1))
         record_timing(f"takeover of eth0 by br0 on {n} ({backend}), transaction until the "
