@@ -2,8 +2,10 @@
 from kvmtestlib import cluster_defaults, model_mod, seed_pillar  # noqa: F401  (fixtures)
 
 import collections  # noqa: E402
+import os  # noqa: E402
 
-MODULE_TIMES = "/tmp/kvmcluster-module-times.txt"
+# run-tests.sh prints this file; a run beside it (a developer's) can write elsewhere.
+MODULE_TIMES = os.environ.get("KVMCLUSTER_MODULE_TIMES", "/tmp/kvmcluster-module-times.txt")
 _times = collections.OrderedDict()
 
 
