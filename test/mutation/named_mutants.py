@@ -110,6 +110,15 @@ MUTS.update({
         "_modules/kvmcluster_model.py", "test/unit/test_model.py",
         "_PKG = re.compile(r\"^[A-Za-z0-9][A-Za-z0-9+._-]{0,127}\\Z\", re.A)",
         "_PKG = re.compile(r\"^[A-Za-z0-9+._-]{1,128}\\Z\", re.A)"),
+    "qemu.conf rewritten readable by all": (
+        "_modules/kvmcluster_libvirt.py", HARDENING,
+        "        mode = stat.S_IMODE(os.stat(path).st_mode)", "        mode = 0o644"),
+    "QEMU listens on its own migration ports": (
+        "_states/kvmcluster_libvirt.py", HARDENING,
+        "        qemu = _qemu_settings(view) if qemu_config else {}", "        qemu = {}"),
+    "an existing VM's image, clone or storage changed in silence": (
+        "_states/kvmcluster_vm.py", "test/unit/test_vm_state.py",
+        "        _refuse_rebuild(view, vm, cur)\n", "        pass\n"),
 })
 rows = []
 for name, (path, tests, old, new) in MUTS.items():
