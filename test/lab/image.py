@@ -18,7 +18,7 @@ from .run import run, say
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
-RECIPE_VERSION = 4
+RECIPE_VERSION = 5
 
 # What every node boots with: a plain Debian server (ifupdown, sshd, python3 for salt-ssh)
 # plus a kernel for VM nodes and systemd-nspawn for container nodes.
@@ -28,10 +28,11 @@ BASE_PACKAGES = [
     "less", "netbase",
 ]
 
-# What the formula (and later components) install on Debian nodes; served by the lab repo.
+# What the formula (and the lab's tests) install on Debian nodes, without recommends as
+# the formula installs them (packages:install_recommends false); served by the lab repo.
 REPO_PACKAGES = [
     "qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients",
-    "python3-libvirt", "virtinst", "ovmf", "nfs-kernel-server", "nfs-common", "bridge-utils",
+    "python3-libvirt", "nfs-kernel-server", "nfs-common", "bridge-utils",
     "ifenslave", "network-manager", "netplan.io", "dnsmasq-base", "busybox-static",
     # Firewall and MAC policy as on real hosts; the management node's DNS/DHCP and sudo.
     "firewalld", "apparmor", "dnsmasq", "sudo",
@@ -43,7 +44,7 @@ REPO_PACKAGES = [
 # under TCG an install takes half an hour. Container nodes keep proving the install.
 VM_PREINSTALLED = [
     "qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients",
-    "python3-libvirt", "virtinst", "ovmf", "nfs-kernel-server", "nfs-common", "bridge-utils",
+    "python3-libvirt", "nfs-kernel-server", "nfs-common", "bridge-utils",
     "ifenslave", "firewalld", "apparmor",
 ]
 
@@ -125,7 +126,11 @@ def build(force=False):
         _chroot(root, "apt-get", "update", "-qq")
         _chroot(root, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *BASE_PACKAGES)
         say("downloading the formula's packages into the lab repository")
-        _chroot(root, "apt-get", "install", "-y", "-qq", "--download-only", *REPO_PACKAGES)
+        # Each package's own closure as well as the whole set's: a node installs them in
+        # groups, and where a dependency has alternatives the choice depends on the group.
+        for pkgs in [[p] for p in REPO_PACKAGES] + [REPO_PACKAGES]:
+            _chroot(root, "apt-get", "install", "-y", "-qq", "--download-only",
+                    "--no-install-recommends", *pkgs)
     repo = work / "repo"
     repo.mkdir()
     archives = root / "var/cache/apt/archives"
