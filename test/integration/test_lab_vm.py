@@ -104,9 +104,8 @@ def test_secondary_storage_over_nfs(vm_lab):
     # other in for migration; the rules are runtime and permanent alike.
     nfs = [f'rule family="ipv4" source address="{c}" service name="{svc}" accept'
            for c in ("172.30.10.41", "172.30.10.42") for svc in ("mountd", "nfs", "rpc-bind")]
-    first, last = saltcfg.MIGRATION_PORTS
     mig = ('rule family="ipv4" source address="{}" port port="%d-%d" protocol="tcp" accept'
-           % (first, last))
+           % saltcfg.MIGRATION_PORTS)
     assert rich_rules(vm_lab, "kvm01") == sorted(nfs + [mig.format("172.30.10.42")])
     assert rich_rules(vm_lab, "kvm02") == [mig.format("172.30.10.41")]
     for node in ("kvm01", "kvm02"):

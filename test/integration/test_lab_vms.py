@@ -379,11 +379,11 @@ class Listeners:
 
 def test_live_migration_with_a_copied_disk_and_with_a_shared_disk(at_base):
     lab = at_base
-    first, last = saltcfg.MIGRATION_PORTS
+    low, high = saltcfg.MIGRATION_PORTS
     for node in ("kvm01", "kvm02"):  # QEMU's incoming ports: migration:ports, not its own
         conf = lab.ssh(node, "grep -E '^migration_port_(min|max) ' /etc/libvirt/qemu.conf; "
                        "stat -c %a /etc/libvirt/qemu.conf").split("\n")
-        assert conf[:3] == [f"migration_port_min = {first}", f"migration_port_max = {last}",
+        assert conf[:3] == [f"migration_port_min = {low}", f"migration_port_max = {high}",
                             "600"], conf
     for vm, how in (("vm1", "node-local disk copied"), ("vm4", "disk on the shared storage")):
         before = ticks(console(lab, vm, "kvm01"))
@@ -394,7 +394,7 @@ def test_live_migration_with_a_copied_disk_and_with_a_shared_disk(at_base):
         assert proc.returncode == 0 and data["migrated"], data
         # The incoming side (QEMU, and the disk copy's NBD server) listened in the range the
         # firewall opens to the peers, and nowhere else above 49151.
-        assert listening.ports and all(first <= p <= last for p in listening.ports), \
+        assert listening.ports and all(low <= p <= high for p in listening.ports), \
             sorted(listening.ports)
         assert data["copied"] == (["vda"] if vm == "vm1" else []), data
         after = []
