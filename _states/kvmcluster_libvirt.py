@@ -93,20 +93,17 @@ def config_managed(name, path, rw_sockets=(), ro_sockets=(), env_file=None, env=
             ret.update(result=False, comment="libvirt:tls:enabled is true but these files do "
                        f"not exist: {', '.join(missing)}; TLS stays off until they do")
             return ret
-        settings = _desired_settings(view)
-        changes = {}
-        diff = __salt__["kvmcluster_libvirt.conf_diff"](path, settings)
-        if diff:
-            changes[path] = diff
-        env_diff = {}
-        if env_file and env:
-            env_diff = __salt__["kvmcluster_libvirt.conf_diff"](env_file, env)
-            if env_diff:
-                changes[env_file] = env_diff
-        qemu = _qemu_settings(view) if qemu_config else {}
-        qemu_diff = __salt__["kvmcluster_libvirt.conf_diff"](qemu_config, qemu) if qemu else {}
-        if qemu_diff:
-            changes[qemu_config] = qemu_diff
+        # Each config file: (path, the keys it must hold, separator); one that has nothing
+        # to hold is left alone.
+        confs = [(path, _desired_settings(view), " = "), (env_file, env, "="),
+                 (qemu_config, _qemu_settings(view) if qemu_config else {}, " = ")]
+        confs = [c for c in confs if c[0] and c[1]]
+        changes, stale = {}, []
+        for conf in confs:
+            diff = __salt__["kvmcluster_libvirt.conf_diff"](conf[0], conf[1])
+            if diff:
+                changes[conf[0]] = diff
+                stale.append(conf)
         lv = view["libvirt"]
         dropins = {}
         for sockets, mode in ((rw_sockets, lv["unix_sock_rw_perms"]),
@@ -130,21 +127,15 @@ def config_managed(name, path, rw_sockets=(), ro_sockets=(), env_file=None, env=
         ret.update(result=None, changes=changes, comment=f"{len(changes)} file(s) would change")
         return ret
     try:
-        if diff:
-            __salt__["kvmcluster_libvirt.conf_write"](path, settings)
-        if env_diff:
-            __salt__["kvmcluster_libvirt.conf_write"](env_file, env, sep="=")
-        if qemu_diff:
-            __salt__["kvmcluster_libvirt.conf_write"](qemu_config, qemu)
+        for conf_path, settings, sep in stale:
+            __salt__["kvmcluster_libvirt.conf_write"](conf_path, settings, sep=sep)
         for p, text in dropins.items():
             __salt__["kvmcluster_node.write_file"](p, text)
         if dropins:
             __salt__["kvmcluster_node.systemctl"]("daemon-reload")
-        left = __salt__["kvmcluster_libvirt.conf_diff"](path, settings)
-        if env_diff:
-            left.update(__salt__["kvmcluster_libvirt.conf_diff"](env_file, env))
-        if qemu_diff:
-            left.update(__salt__["kvmcluster_libvirt.conf_diff"](qemu_config, qemu))
+        left = {}
+        for conf_path, settings, _ in confs:
+            left.update(__salt__["kvmcluster_libvirt.conf_diff"](conf_path, settings))
         left_dropins = [p for p, t in dropins.items()
                         if __salt__["kvmcluster_node.file_text"](p) != t]
     except Exception as exc:  # pylint: disable=broad-except

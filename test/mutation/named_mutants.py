@@ -115,7 +115,8 @@ MUTS.update({
         "        mode = stat.S_IMODE(os.stat(path).st_mode)", "        mode = 0o644"),
     "QEMU listens on its own migration ports": (
         "_states/kvmcluster_libvirt.py", HARDENING,
-        "        qemu = _qemu_settings(view) if qemu_config else {}", "        qemu = {}"),
+        "(qemu_config, _qemu_settings(view) if qemu_config else {}, \" = \")]",
+        "(qemu_config, {}, \" = \")]"),
     "an existing VM's image, clone or storage changed in silence": (
         "_states/kvmcluster_vm.py", "test/unit/test_vm_state.py",
         "        _refuse_rebuild(view, vm, cur)\n", "        pass\n"),
