@@ -378,6 +378,7 @@ def master_mode(nodes, runs, results):
     results[f"master_noop_ctl_cpu_per_node_{nodes}"] = round(
         statistics.median(c for c, _, _ in noop) / nodes, 2)
 
+
 def ratio(a, b):
     return round(a / b, 2) if a and b else None
 
