@@ -7,6 +7,8 @@ The core (:func:`build`) is pure Python: it takes the pillar data and the defaul
 the model and the list of errors. Each error names the node (or ``cluster``), the pillar key
 and the reason.
 """
+import base64
+import binascii
 import copy
 import difflib
 import hashlib
@@ -72,7 +74,22 @@ _PKG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._-]{0,127}\Z", re.A)
 _SYSCTL = re.compile(r"^[A-Za-z0-9_]+([./][A-Za-z0-9_-]+)+\Z", re.A)
 # A sysctl value: words and numbers, never a newline, comment or shell metacharacter.
 _SYSCTL_VALUE = re.compile(r"^[A-Za-z0-9_.:/,+@= -]{0,256}\Z", re.A)
-_SSH_KEY = re.compile(r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp\d+|sk-\S+)[ \t]+[A-Za-z0-9+/=]+([ \t][^\n\r]*)?\Z", re.A)
+# Public key types OpenSSH knows; a key is parsed, not matched (see _ssh_key).
+SSH_KEY_TYPES = {
+    "ssh-ed25519", "ssh-rsa", "ssh-dss", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
+}
+# One path segment: the characters every writer (exports, fstab, AppArmor, fcontext,
+# libvirtd.conf, unit files) takes as they are, without quoting or escaping.
+_PATH_SEGMENT = re.compile(r"^[A-Za-z0-9._+@-]{1,255}\Z", re.A)
+PATH_MAX = 1024
+# Pillar keys whose values are secrets: never sent to a node as an argument, never in a
+# message, a state's changes or a log line. Paths under ROOT.
+SECRETS = (("migration", "ssh", "private_key"),)
+# What the runner sends a node in place of a secret it does not need.
+WITHHELD = "withheld (a secret stays on the management node)"
+# Smallest cluster subnets that make sense (a wider one is a typo or a grant to the world).
+SUBNET_MIN_PREFIX = {4: 8, 6: 16}
 _POOL_NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,64}\Z", re.A)
 
 
@@ -153,6 +170,12 @@ def _path_ok(errors, node, key, value):
     if value == "/":
         errors.add(node, key, "must not be the root directory")
         return False
+    bad = [seg for seg in value.split("/")[1:] if not _PATH_SEGMENT.match(seg)]
+    if bad or len(value) > PATH_MAX:
+        errors.add(node, key, f"{_q(value)} may hold only letters, digits and ._+@- between "
+                   f"slashes (at most {PATH_MAX} characters): it is written into config files "
+                   "and rules as it is")
+        return False
     return True
 
 
@@ -177,13 +200,59 @@ def _bool(errors, node, key, value):
         errors.add(node, key, f"must be true or false, got {_q(value)}")
 
 
+def _canonical(value, parse):
+    """``parse(value)`` for a plain address text only: a string of ASCII address characters
+    (Python's ipaddress also takes IPv6 scope ids, ``fd00::1%<anything>``, newlines
+    included, and integers). Raises ValueError."""
+    if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return parse(str(value))
+    if not isinstance(value, str) or not re.match(r"^[0-9A-Fa-f.:/]{2,64}\Z", value, re.A):
+        raise ValueError(value)
+    return parse(value)
+
+
 def _addr(errors, node, key, value):
+    """The address, or None with an error; canonical (``str()`` of the result is how the
+    model stores it)."""
     try:
-        return ipaddress.ip_address(str(value)) if value is not None and not isinstance(value, bool) \
-            else _raise()
+        return _canonical(value, ipaddress.ip_address)
     except ValueError:
-        errors.add(node, key, f"{_q(value)} is not an IP address")
+        why = " (a scope id is not allowed)" if isinstance(value, str) and "%" in value else ""
+        errors.add(node, key, f"{_q(value)} is not an IP address{why}")
         return None
+
+
+def _network(errors, node, key, value):
+    """A network (host bits allowed, as exports and firewalls take them), canonical; None
+    with an error otherwise."""
+    try:
+        return _canonical(value, lambda v: ipaddress.ip_network(v, strict=False))
+    except ValueError:
+        errors.add(node, key, f"{_q(value)} is not an address or network")
+        return None
+
+
+def _ssh_key(value):
+    """A public key line canonical (``type body comment``), or None: a known type, a body
+    that decodes to a key of that type, a comment of printable ASCII. Surrounding spaces
+    and newlines (a YAML block) are dropped; nothing else is."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip(" \t\n")
+    if not re.match(r"^[\x20-\x7e]{1,16384}\Z", text, re.A):
+        return None  # control characters, U+2028, NEL, VT ...: a second line in disguise
+    words = text.split(" ")
+    ktype, body, comment = words[0], (words[1] if len(words) > 1 else ""), words[2:]
+    if ktype not in SSH_KEY_TYPES or not re.match(r"^[A-Za-z0-9+/]+={0,2}\Z", body, re.A):
+        return None
+    try:
+        blob = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    n = int.from_bytes(blob[:4], "big") if len(blob) >= 4 else -1
+    if blob[4:4 + n] != ktype.encode() or len(blob) <= 4 + n:
+        return None
+    return " ".join([ktype, body, *[w for w in comment if w]])
 
 
 def _q(value, limit=80):
@@ -274,26 +343,30 @@ def _build(errors, pillar, defaults, self_id, self_os_family):
     if not isinstance(pillar, dict):
         errors.add(None, ROOT, f"must be a mapping, got {type(pillar).__name__}")
         return None, errors
+    _check_lookup(errors, pillar.get("lookup"))
     pillar = {k: v for k, v in pillar.items() if k != "lookup"}
     if not _shape(errors, ROOT, pillar, {**defaults, "lookup": {}}):
         return None, errors
 
     c = merge(defaults, pillar)
+    _check_booleans(errors, ROOT, c, defaults)
     subnets = _check_cluster(errors, c)
-    nodes = c.get("nodes")
+    nodes = _node_ids(errors, c.get("nodes"))
     if not isinstance(nodes, dict) or not nodes:
-        errors.add(None, f"{ROOT}:nodes", "must be a mapping of node id to node settings, "
-                   "with at least one node")
+        if not errors:
+            errors.add(None, f"{ROOT}:nodes", "must be a mapping of node id to node settings, "
+                       "with at least one node")
         return None, errors
+    c["nodes"] = nodes
     resolved = {}
     for name, entry in nodes.items():
-        resolved[str(name)] = _check_node(errors, c, subnets, str(name), entry, self_id,
-                                          self_os_family)
+        resolved[name] = _check_node(errors, c, subnets, name, entry, self_id, self_os_family)
     _check_across(errors, c, resolved)
     _check_migration(errors, c, resolved)
-    _check_storage(errors, c, resolved)
+    _check_storage(errors, c, resolved, subnets)
     seen = _check_dns_dhcp(errors, c, resolved, subnets)
     images, vms = _check_vms(errors, c, resolved, subnets, seen)
+    _check_clients_guests(errors, c, vms, seen)
     if errors:
         return None, errors
     model = {k: v for k, v in c.items() if k not in ("nodes", "images", "vms")}
@@ -303,22 +376,96 @@ def _build(errors, pillar, defaults, self_id, self_os_family):
     return model, errors
 
 
+def _node_ids(errors, nodes):
+    """The nodes keyed by their id as text: YAML makes ``101:`` an integer, a minion id is a
+    string. Any other key type, or two keys that read the same, is an error."""
+    if not isinstance(nodes, dict):
+        return nodes
+    out = {}
+    for name, entry in nodes.items():
+        if isinstance(name, bool) or not isinstance(name, (str, int)):
+            errors.add(None, f"{ROOT}:nodes:{_q(name)}", "a node id is its minion id: a "
+                       f"string, got {type(name).__name__}")
+            continue
+        if str(name) in out:
+            errors.add(str(name), f"{ROOT}:nodes:{name}", "this node id is given twice")
+            continue
+        out[str(name)] = entry
+    return out
+
+
+def _check_booleans(errors, path, data, default):
+    """Every key whose default is true or false takes exactly true or false: a string
+    'false' or 'no' is truthy in code, and must never turn a switch on."""
+    if not isinstance(data, dict) or not isinstance(default, dict):
+        return
+    for k, d in default.items():
+        if k in OPEN_MAPS or k not in data:
+            continue
+        if isinstance(d, bool):
+            _bool(errors, None, f"{path}:{k}", data[k])
+        elif isinstance(d, dict):
+            _check_booleans(errors, f"{path}:{k}", data[k], d)
+
+
+# Formula parameters a site may override (``kvmcluster:lookup``) are package, unit and
+# file names that reach argv and config files: words and paths, never options or lines.
+_LOOKUP_VALUE = re.compile(r"^(/?[A-Za-z0-9_@+.:=][A-Za-z0-9_@+.:=/-]{0,255})?\Z", re.A)
+
+
+def _check_lookup(errors, lookup, path=f"{ROOT}:lookup", depth=0):
+    if lookup is None:
+        return
+    if depth == 0 and not isinstance(lookup, dict):
+        errors.add(None, path, f"must be a mapping of formula parameters, got {_q(lookup)}")
+        return
+    if depth > 6:
+        errors.add(None, path, "is nested too deeply")
+        return
+    if isinstance(lookup, dict):
+        for k, v in lookup.items():
+            if not (isinstance(k, str) and re.match(r"^[A-Za-z0-9_]{1,64}\Z", k, re.A)):
+                errors.add(None, f"{path}:{_q(k)}", "is not a parameter name")
+                continue
+            _check_lookup(errors, v, f"{path}:{k}", depth + 1)
+    elif isinstance(lookup, list):
+        for i, v in enumerate(lookup):
+            _check_lookup(errors, v, f"{path}:{i}", depth + 1)
+    elif isinstance(lookup, str):
+        if not _LOOKUP_VALUE.match(lookup) or "/../" in lookup + "/" or "//" in lookup:
+            errors.add(None, path, f"{_q(lookup)} is not a package, unit or file name "
+                       "(letters, digits, _@+.:=-/, not starting with -)")
+    elif depth == 0 or not isinstance(lookup, (bool, int, float)):
+        errors.add(None, path, f"must be a mapping of formula parameters, got {_q(lookup)}")
+
+
 def _check_cluster(errors, c):
     subnets = []
     for i, s in enumerate(_list(errors, None, f"{ROOT}:subnets", c.get("subnets"))):
         try:
-            subnets.append(ipaddress.ip_network(str(s), strict=True))
+            net = _canonical(s, lambda v: ipaddress.ip_network(v, strict=True))
         except ValueError as exc:
             errors.add(None, f"{ROOT}:subnets:{i}", f"{_q(s)} is not a network ({_q(str(exc), 120)})")
+            continue
+        if net.prefixlen < SUBNET_MIN_PREFIX[net.version]:
+            errors.add(None, f"{ROOT}:subnets:{i}", f"{net} is wider than a cluster subnet can "
+                       f"be (prefix at least /{SUBNET_MIN_PREFIX[net.version]})")
+            continue
+        subnets.append(net)
     if not subnets and not errors:
         errors.add(None, f"{ROOT}:subnets", "at least one subnet is required, e.g. 172.30.10.0/24")
     if c.get("gateway") is not None:
         gw = _addr(errors, None, f"{ROOT}:gateway", c["gateway"])
+        if gw is not None:
+            c["gateway"] = str(gw)
         if gw and subnets and not any(gw in s for s in subnets):
             errors.add(None, f"{ROOT}:gateway", f"{gw} is not on-link: in none of the subnets "
                        f"{', '.join(map(str, subnets))}")
+    servers = []
     for i, d in enumerate(_list(errors, None, f"{ROOT}:dns_servers", c.get("dns_servers"))):
-        _addr(errors, None, f"{ROOT}:dns_servers:{i}", d)
+        servers.append(str(_addr(errors, None, f"{ROOT}:dns_servers:{i}", d)))
+    if isinstance(c.get("dns_servers"), list):
+        c["dns_servers"] = servers
     if not isinstance(c.get("domain"), str):
         errors.add(None, f"{ROOT}:domain", "must be a string")
     elif c["domain"]:
@@ -349,6 +496,8 @@ def _check_cluster(errors, c):
                        "arp (neighbour resolution), icmp (echo) or none")
     if c.get("gateway6") is not None:
         gw6 = _addr(errors, None, f"{ROOT}:gateway6", c["gateway6"])
+        if gw6 is not None:
+            c["gateway6"] = str(gw6)
         if gw6 is not None and gw6.version != 6:
             errors.add(None, f"{ROOT}:gateway6", f"{gw6} is not an IPv6 address")
     lnet = c["network"].get("libvirt_network")
@@ -363,10 +512,22 @@ def _check_cluster(errors, c):
     for i, g in enumerate(_list(errors, None, f"{ROOT}:account:groups", acct.get("groups"))):
         if not (isinstance(g, str) and _USER.match(g)):
             errors.add(None, f"{ROOT}:account:groups:{i}", f"{_q(g)} is not a valid group name")
+    keys = []
     for i, k in enumerate(_list(errors, None, f"{ROOT}:account:ssh_keys", acct.get("ssh_keys"))):
-        if not (isinstance(k, str) and _SSH_KEY.match(k.strip())):
+        canon = _ssh_key(k)
+        if canon is None:
             errors.add(None, f"{ROOT}:account:ssh_keys:{i}",
-                       "is not an SSH public key (expected 'ssh-ed25519 AAAA... comment')")
+                       "is not an SSH public key (expected 'ssh-ed25519 AAAA... comment': a "
+                       "known type, a body that decodes, a comment of printable ASCII; no "
+                       "options)")
+        keys.append(canon)
+    if isinstance(acct.get("ssh_keys"), list):
+        acct["ssh_keys"] = keys
+    # Strictly true or false: a string 'false' or 'no' is not a way to grant NOPASSWD ALL.
+    _bool(errors, None, f"{ROOT}:account:sudo", acct.get("sudo"))
+    if acct.get("state", "present") not in ("present", "absent"):
+        errors.add(None, f"{ROOT}:account:state", f"{_q(acct.get('state'))} must be present "
+                   "or absent (absent: its sudoers file and the formula's keys are removed)")
     if acct.get("ssh_keys") and not acct.get("name"):
         errors.add(None, f"{ROOT}:account:name", "ssh_keys are given but no account name")
     if not isinstance(c.get("sysctl"), dict):
@@ -389,9 +550,14 @@ def _check_cluster(errors, c):
         errors.add(None, f"{ROOT}:libvirt:unix_sock_group",
                    f"{_q(lv.get('unix_sock_group'))} is not a group name")
     for k in ("unix_sock_ro_perms", "unix_sock_rw_perms"):
-        if not re.match(r"^0[0-7]{3}\Z", str(lv.get(k))):
+        if not (isinstance(lv.get(k), str) and re.match(r"^0[0-7]{3}\Z", lv[k], re.A)):
             errors.add(None, f"{ROOT}:libvirt:{k}", f"{_q(lv.get(k))} must be an octal mode like '0770'"
                        " (quote it in YAML)")
+        elif k == "unix_sock_rw_perms" and lv[k][-1] != "0":
+            # auth_unix_rw is none: whoever can open the rw socket is root on the node.
+            errors.add(None, f"{ROOT}:libvirt:{k}", f"{lv[k]} gives every local account the "
+                       "read-write libvirt socket (root on the node); other users need 0 "
+                       "(e.g. '0770', the socket group's members only)")
     _bool(errors, None, f"{ROOT}:libvirt:apparmor_pool_access", lv.get("apparmor_pool_access"))
     _bool(errors, None, f"{ROOT}:firewall:manage", c["firewall"].get("manage"))
     _bool(errors, None, f"{ROOT}:packages:install_recommends",
@@ -418,13 +584,16 @@ def _check_cluster(errors, c):
                    "public_key")
         mig["ssh"] = mssh = {"private_key": None, "public_key": None}
     priv, pub = mssh.get("private_key"), mssh.get("public_key")
-    if priv is not None and not (isinstance(priv, str)
-                                 and _PRIVATE_KEY.match(priv.strip() + "\n")):
+    if priv is not None and priv != WITHHELD and not (
+            isinstance(priv, str) and _PRIVATE_KEY.match(priv.strip() + "\n")):
         errors.add(None, f"{ROOT}:migration:ssh:private_key", "is not an OpenSSH private key "
                    "(-----BEGIN OPENSSH PRIVATE KEY----- ... , without a passphrase)")
-    if pub is not None and not (isinstance(pub, str) and _SSH_KEY.match(pub.strip())):
-        errors.add(None, f"{ROOT}:migration:ssh:public_key",
-                   "is not an SSH public key (expected 'ssh-ed25519 AAAA... comment')")
+    if pub is not None:
+        if _ssh_key(pub) is None:
+            errors.add(None, f"{ROOT}:migration:ssh:public_key",
+                       "is not an SSH public key (expected 'ssh-ed25519 AAAA... comment')")
+        else:
+            mssh["public_key"] = _ssh_key(pub)
     if (priv is None) != (pub is None):
         errors.add(None, f"{ROOT}:migration:ssh:" + ("public_key" if pub is None
                                                       else "private_key"),
@@ -510,7 +679,7 @@ def _check_node(errors, c, subnets, name, entry, self_id, self_os_family):
         errors.add(name, f"{key}:ip", "is required (address/prefix, e.g. 172.30.10.41/24)")
     else:
         try:
-            iface = ipaddress.ip_interface(str(entry["ip"]))
+            iface = _canonical(entry["ip"], ipaddress.ip_interface)
             if "/" not in str(entry["ip"]):
                 errors.add(name, f"{key}:ip", f"{_q(entry['ip'])} needs a prefix length, e.g. "
                            f"{entry['ip']}/24")
@@ -536,16 +705,19 @@ def _check_node(errors, c, subnets, name, entry, self_id, self_os_family):
             errors.add(name, gw_key, f"{gwa} is not on-link for {iface} (not in {iface.network})")
         if gwa and iface is not None and gwa == iface.ip:
             errors.add(name, gw_key, f"{gwa} is the node's own address")
-    out["gateway"] = None if gw is None else str(gw)
+        out["gateway"] = None if gwa is None else str(gwa)
+    else:
+        out["gateway"] = None
     _check_ip6(errors, c, name, key, entry, iface, out)
     out["ipv6_autoconf"] = c["network"].get("ipv6_autoconf", True)
     dns = entry.get("dns_servers", c.get("dns_servers"))
     dns = _list(errors, name, f"{key}:dns_servers" if "dns_servers" in entry
                 else f"{ROOT}:dns_servers", dns)
+    out["dns_servers"] = []
     for i, d in enumerate(dns):
         if "dns_servers" in entry:
-            _addr(errors, name, f"{key}:dns_servers:{i}", d)
-    out["dns_servers"] = [str(d) for d in dns]
+            d = _addr(errors, name, f"{key}:dns_servers:{i}", d)
+        out["dns_servers"].append(str(d))
     search_key = f"{key}:dns_search" if "dns_search" in entry else f"{ROOT}:dns_search"
     search = _list(errors, name, search_key, entry.get("dns_search", c.get("dns_search")))
     for i, d in enumerate(search):
@@ -609,7 +781,8 @@ def _check_node(errors, c, subnets, name, entry, self_id, self_os_family):
     port = out.get("port")
     if port:
         if bridge.get("name") in (port.get("name"), *port.get("slaves", [])):
-            errors.add(name, f"{key}:bridge:name", f"{bridge['name']} is also the bridge's port")
+            errors.add(name, f"{key}:bridge:name", f"{_q(bridge['name'])} is also the bridge's "
+                       "port")
         pmtu = port.get("mtu")
         if isinstance(bridge.get("mtu"), int) and isinstance(pmtu, int) and bridge["mtu"] > pmtu:
             errors.add(name, f"{key}:bridge:mtu" if "mtu" in br_in else f"{ROOT}:bridge:mtu",
@@ -621,11 +794,12 @@ def _check_node(errors, c, subnets, name, entry, self_id, self_os_family):
     hks = _list(errors, name, f"{key}:ssh_host_keys", entry.get("ssh_host_keys"))
     out["ssh_host_keys"] = []
     for i, hk in enumerate(hks):
-        if not (isinstance(hk, str) and _SSH_KEY.match(hk.strip())):
+        canon = _ssh_key(hk)
+        if canon is None:
             errors.add(name, f"{key}:ssh_host_keys:{i}", "is not an SSH public host key "
                        "(the line of /etc/ssh/ssh_host_ed25519_key.pub)")
         else:
-            out["ssh_host_keys"].append(" ".join(hk.split()[:2]))
+            out["ssh_host_keys"].append(" ".join(canon.split()[:2]))
 
     backend = entry.get("backend", c["network"]["backend"])
     if backend != "auto" and not _one_of(backend, BACKENDS):
@@ -666,7 +840,7 @@ def _check_ip6(errors, c, name, key, entry, iface, out):
     try:
         if not isinstance(raw, str) or "/" not in raw:
             raise ValueError
-        if6 = ipaddress.ip_interface(raw)
+        if6 = _canonical(raw, ipaddress.ip_interface)
         if if6.version != 6:
             raise ValueError
     except ValueError:
@@ -740,7 +914,7 @@ def _check_across(errors, c, nodes):
             seen_host.setdefault(h, name)
 
 
-def _check_storage(errors, c, nodes):
+def _check_storage(errors, c, nodes, subnets=()):
     st = c["storage"]
     pri, sec = st["primary"], st["secondary"]
     k = f"{ROOT}:storage"
@@ -823,15 +997,20 @@ def _check_storage(errors, c, nodes):
     for o in eopts:
         if not (isinstance(o, str) and re.match(r"^[A-Za-z0-9_.=:/-]+\Z", o)):
             errors.add(None, f"{k}:secondary:export_options", f"{_q(o)}: one option per list item")
+    clients = []
     for i, cl in enumerate(_list(errors, None, f"{k}:secondary:clients", sec.get("clients"))):
-        if str(cl).strip() in ("*", "0.0.0.0/0", "::/0"):
-            errors.add(None, f"{k}:secondary:clients:{i}", "exporting to everyone is refused; "
-                       "list node addresses or the cluster subnet")
+        net = _network(errors, None, f"{k}:secondary:clients:{i}", cl)
+        if net is None:
             continue
-        try:
-            ipaddress.ip_network(str(cl), strict=False)
-        except ValueError:
-            errors.add(None, f"{k}:secondary:clients:{i}", f"{_q(cl)} is not an address or network")
+        # Parsed, not compared as text: 0.0.0.0/0.0.0.0, x.x.x.x/0 and ::/00 are the world.
+        if not any(net.version == s.version and net.subnet_of(s) for s in subnets):
+            errors.add(None, f"{k}:secondary:clients:{i}", f"{net} is not inside a cluster "
+                       f"subnet ({', '.join(map(str, subnets)) or 'none'}): the export goes "
+                       "to the nodes' addresses only (leave clients empty for exactly those)")
+            continue
+        clients.append(str(net.network_address) if net.num_addresses == 1 else str(net))
+    if isinstance(sec.get("clients"), list):
+        sec["clients"] = clients
     _int(errors, None, f"{k}:secondary:wait_timeout", sec.get("wait_timeout"), 5, 3600)
     if not sec.get("clients"):
         # The nodes that run guests (and the server); a management-only node mounts nothing.
@@ -839,6 +1018,32 @@ def _check_storage(errors, c, nodes):
                                  and (n.get("hypervisor", True) or name == sec.get("server"))),
                                 key=lambda a: (ipaddress.ip_address(a).version,
                                                ipaddress.ip_address(a)))
+
+
+def _check_clients_guests(errors, c, vms, seen):
+    """The export's clients never cover a guest's address: a VM's static ip, a lease, the
+    dynamic range. A source address on the guests' network is not an identity."""
+    sec = c["storage"]["secondary"]
+    if sec.get("enabled") is not True or not sec.get("clients"):
+        return
+    guests = [(ipaddress.ip_address(v["ip"]), f"VM {n}") for n, v in vms.items() if v.get("ip")]
+    for hname, h in (c["dhcp"].get("hosts") or {}).items():
+        if isinstance(h, dict) and isinstance(h.get("ip"), str):
+            try:
+                guests.append((ipaddress.ip_address(h["ip"]), f"lease {hname}"))
+            except ValueError:
+                pass  # its own error
+    lo, hi = seen["range"]
+    for i, cl in enumerate(sec["clients"]):
+        net = ipaddress.ip_network(cl, strict=False)
+        hit = [who for a, who in guests if a.version == net.version and a in net]
+        if lo is not None and lo.version == net.version and not (
+                hi < net.network_address or lo > net.broadcast_address):
+            hit.append(f"the DHCP range {lo}..{hi}")
+        if hit:
+            errors.add(None, f"{ROOT}:storage:secondary:clients:{i}", f"{cl} covers guest "
+                       f"addresses ({', '.join(hit[:3])}): a guest could mount the share; list "
+                       "the nodes' addresses (or leave clients empty)")
 
 
 def _in_subnets(addr, subnets):
@@ -856,8 +1061,11 @@ def _check_dns_dhcp(errors, c, nodes, subnets):
                                                       n.get("address6") or []]] if a)
     dns, dhcp = c["dns"], c["dhcp"]
     _bool(errors, None, f"{k}:dns:external", dns.get("external"))
+    upstream = []
     for i, u in enumerate(_list(errors, None, f"{k}:dns:upstream", dns.get("upstream"))):
-        _addr(errors, None, f"{k}:dns:upstream:{i}", u)
+        upstream.append(str(_addr(errors, None, f"{k}:dns:upstream:{i}", u)))
+    if isinstance(dns.get("upstream"), list):
+        dns["upstream"] = upstream
     if dns.get("external") is False and mgmt:
         for name, n in nodes.items():
             for i, d in enumerate(n.get("dns_servers") or []):
@@ -889,7 +1097,9 @@ def _check_dns_dhcp(errors, c, nodes, subnets):
         if rname.lower() in names:
             errors.add(None, key, f"{rname} is also the name of {names[rname.lower()]}")
         names.setdefault(rname.lower(), f"record {rname}")
-        _addr(errors, None, key, addr)
+        ra = _addr(errors, None, key, addr)
+        if ra is not None:
+            dns["records"][rname] = str(ra)
     rng = dhcp.get("range")
     lo = hi = None
     if rng is not None:
@@ -943,6 +1153,9 @@ def _check_dns_dhcp(errors, c, nodes, subnets):
         ip = _addr(errors, None, f"{key}:ip", h.get("ip"))
         if ip is None:
             continue
+        h["ip"] = str(ip)
+        if isinstance(mac, str):
+            h["mac"] = mac.lower()
         if subnets and not _in_subnets(ip, subnets):
             errors.add(None, f"{key}:ip", f"{ip} is not in a cluster subnet")
         elif str(ip) in taken:
@@ -1013,8 +1226,13 @@ def _check_images(errors, c):
         if not _one_of(res["format"], IMAGE_FORMATS):
             errors.add(None, f"{key}:format", f"{_q(res['format'])} must be raw or qcow2")
         for part in ("kernel", "initrd"):
-            if img.get(part) is not None:
-                _path_ok(errors, None, f"{key}:{part}", img[part])
+            if img.get(part) is not None and _path_ok(errors, None, f"{key}:{part}", img[part]):
+                mp = sec.get("mountpoint")
+                if isinstance(mp, str) and not img[part].startswith(mp.rstrip("/") + "/"):
+                    # QEMU reads it as root's choice: never any file of the host.
+                    errors.add(None, f"{key}:{part}", f"{img[part]} is not on the shared "
+                               f"storage ({mp}), where golden images and their boot files "
+                               "live")
         if img.get("initrd") is not None and img.get("kernel") is None:
             errors.add(None, f"{key}:initrd", "an initrd needs a kernel")
         if img.get("cmdline") is not None:

@@ -61,3 +61,16 @@ class NoClose:
 
     def __getattr__(self, k):
         return getattr(self._c, k)
+
+
+def fake_pubkey(tag, ktype="ssh-ed25519", comment=None):
+    """A well-formed public key line (a body that decodes to a key of its type) made from
+    ``tag``: the model parses keys, so a test's stand-in must be shaped like the real thing."""
+    import base64
+    import struct
+
+    t = ktype.encode()
+    body = (tag.encode() * 32)[:32]
+    blob = struct.pack(">I", len(t)) + t + struct.pack(">I", 32) + body
+    line = f"{ktype} {base64.b64encode(blob).decode()}"
+    return f"{line} {comment}" if comment else line

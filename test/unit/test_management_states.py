@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from kvmtestlib import SEED_PILLAR, formula_values, load_module, utils_dunder
+from kvmtestlib import SEED_PILLAR, fake_pubkey, formula_values, load_module, utils_dunder
 
 model = load_module("_modules", "kvmcluster_model")
 dns_mod = load_module("_modules", "kvmcluster_dns")
@@ -211,8 +211,8 @@ def test_sudoers_refused_by_visudo_is_never_installed(tmp_path, monkeypatch):
     assert oct(target.stat().st_mode & 0o777) == "0o440"
 
 
-KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA a@x"
-KEY_B = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB b@x"
+KEY_A = fake_pubkey("A", comment="a@x")
+KEY_B = fake_pubkey("B", comment="b@x")
 SITE = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC site@host"
 
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from kvmtestlib import SEED_PILLAR, NoClose, formula_values, load_module, utils_dunder
+from kvmtestlib import SEED_PILLAR, NoClose, fake_pubkey, formula_values, load_module, utils_dunder
 
 model = load_module("_modules", "kvmcluster_model")
 state = load_module("_states", "kvmcluster_migration")
@@ -14,8 +14,8 @@ node_mod = load_module("_modules", "kvmcluster_node")
 
 PRIV = ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmU=\n"
         "-----END OPENSSH PRIVATE KEY-----\n")
-PUB = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMigrationKeyForTestsOnly kvmcluster-migration"
-HK = {n: f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOf{n}" for n in
+PUB = fake_pubkey("MigrationKeyForTestsOnly", comment="kvmcluster-migration")
+HK = {n: fake_pubkey(f"HostKeyOf{n}") for n in
       ("kvm01", "kvm02", "kvm03", "mgmt01", "mgmt02")}
 
 
@@ -54,8 +54,8 @@ def test_without_a_key_pair_the_files_must_go():
 
 def test_the_account_admits_the_key_from_the_peers_only_with_restrict():
     assert account._migration_keys(view("kvm02")) == [
-        'restrict,from="172.30.10.41,172.30.10.43" ssh-ed25519 '
-        'AAAAC3NzaC1lZDI1NTE5AAAAIMigrationKeyForTestsOnly kvmcluster-migration']
+        f'restrict,from="172.30.10.41,172.30.10.43" {" ".join(PUB.split()[:2])} '
+        'kvmcluster-migration']
     assert account._migration_keys(view("mgmt01")) == []  # not a hypervisor
     assert account._migration_keys(view("kvm02", ssh=False)) == []
     # A key with options is the same key as without them (one line, never two).
