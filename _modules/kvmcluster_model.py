@@ -112,9 +112,17 @@ class ModelError:
         return f"ModelError({self})"
 
 
+def _printable(text):
+    """``text`` on one line: a hostile key or id shows its escapes, never a line break."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return text.encode("unicode_escape").decode("ascii")
+
+
 class _Errors(list):
     def add(self, node, key, reason):
-        self.append(ModelError(node or "cluster", key, reason))
+        self.append(ModelError(_printable(node or "cluster"), _printable(key), reason))
 
 
 # ---- small helpers ------------------------------------------------------------------
@@ -1109,6 +1117,8 @@ def _check_dns_dhcp(errors, c, nodes, subnets):
         else:
             lo = _addr(errors, None, f"{key}:0", rng[0])
             hi = _addr(errors, None, f"{key}:1", rng[1])
+            if lo is None or hi is None:
+                lo = hi = None
             if lo is not None and hi is not None:
                 net = next((n for n in subnets if lo.version == n.version and lo in n), None)
                 if not subnets:
