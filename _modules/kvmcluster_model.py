@@ -1032,8 +1032,8 @@ def _check_clients_guests(errors, c, vms, seen):
     """The export's clients never cover a guest's address: a VM's static ip, a lease, the
     dynamic range. A source address on the guests' network is not an identity."""
     sec = c["storage"]["secondary"]
-    if sec.get("enabled") is not True or not sec.get("clients"):
-        return
+    if errors or sec.get("enabled") is not True or not sec.get("clients"):
+        return  # only over values already canonical
     guests = [(ipaddress.ip_address(v["ip"]), f"VM {n}") for n, v in vms.items() if v.get("ip")]
     for hname, h in (c["dhcp"].get("hosts") or {}).items():
         if isinstance(h, dict) and isinstance(h.get("ip"), str):
