@@ -1417,7 +1417,12 @@ def render_errors(pillar):
     The pillar's own render errors (Salt's ``_errors``), as messages. A pillar file that did
     not render leaves keys out, so they come first: the model's errors would mislead.
     """
-    errs = pillar.get("_errors") if isinstance(pillar, dict) else None
+    # Salt's __pillar__ is a loader context, not a dict: ask it, whatever it is.
+    getter = getattr(pillar, "get", None)
+    try:
+        errs = getter("_errors") if callable(getter) else None
+    except Exception:  # pylint: disable=broad-except
+        errs = None
     if not errs:
         return []
     errs = errs if isinstance(errs, list) else [errs]
@@ -1518,6 +1523,9 @@ def roster(parameters=None, priv=None, user=None, reuse=True):
         salt-call --local kvmcluster_model.roster --out=yaml > /etc/salt/roster
         salt-call --local kvmcluster_model.roster priv=/root/.ssh/kvmcluster --out=yaml
     """
+    render = render_errors(__pillar__)
+    if render:
+        raise CommandExecutionError("\n".join(render))
     model, errors = build(__pillar__.get(ROOT, {}), _defaults(parameters))
     if errors:
         raise CommandExecutionError(format_errors(errors))

@@ -169,3 +169,26 @@ def test_pillar_render_errors_come_first():
     model.__grains__ = {"id": "kvm02", "os_family": "Debian"}
     with pytest.raises(model.CommandExecutionError, match="did not render"):
         model.load(formula_values())
+
+
+@pytest.mark.parametrize("wrap", ["dict", "loader"])
+def test_render_errors_first_as_salt_hands_the_pillar(wrap):
+    """Salt gives modules ``__pillar__`` as a loader context, not a dict: the render error
+    must still come first (it was reported as "no subnets"), in validate, load and roster."""
+    import salt.loader.context
+
+    data = {"_errors": ["Rendering SLS 'kvmcluster' failed: could not find expected ':'"],
+            "kvmcluster": {"nodes": {}}}
+    model.__pillar__ = data if wrap == "dict" else \
+        salt.loader.context.LoaderContext().named_context("__pillar__", data)
+    model.__context__ = {}
+    model.__grains__ = {"id": "kvm02", "os_family": "Debian"}
+    got = model.validate(parameters=formula_values())
+    assert got["errors"] == ["[cluster] pillar: did not render, fix it first: \"Rendering SLS "
+                             "'kvmcluster' failed: could not find expected ':'\""]
+    for call in (lambda: model.load(formula_values()),
+                 lambda: model.roster(parameters=formula_values())):
+        with pytest.raises(model.CommandExecutionError, match="^\\[cluster\\] pillar: did not "
+                           "render") as exc:
+            call()
+        assert "subnets" not in str(exc.value)
