@@ -199,7 +199,7 @@ def visudo_run_all(argv, **_kw):
 def test_sudoers_refused_by_visudo_is_never_installed(tmp_path, monkeypatch):
     target = tmp_path / "kvmcluster"
     target.write_text("kvmadmin ALL=(ALL:ALL) NOPASSWD: ALL\n")
-    monkeypatch.setattr(account.os, "chown", lambda *a: None)
+    monkeypatch.setattr(account.os, "chown", lambda *a, **k: None)
     account.__salt__ = {"cmd.run_all": visudo_run_all}
     account.__utils__ = UTILS
     with pytest.raises(Exception, match="visudo refuses"):

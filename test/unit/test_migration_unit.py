@@ -54,8 +54,8 @@ def test_without_a_key_pair_the_files_must_go():
 
 def test_the_account_admits_the_key_from_the_peers_only_with_restrict():
     assert account._migration_keys(view("kvm02")) == [
-        f'restrict,from="172.30.10.41,172.30.10.43" {" ".join(PUB.split()[:2])} '
-        'kvmcluster-migration']
+        f'restrict,from="172.30.10.41,172.30.10.43",command="/usr/bin/virt-ssh-helper '
+        f'qemu:///system" {" ".join(PUB.split()[:2])} kvmcluster-migration']
     assert account._migration_keys(view("mgmt01")) == []  # not a hypervisor
     assert account._migration_keys(view("kvm02", ssh=False)) == []
     # A key with options is the same key as without them (one line, never two).
