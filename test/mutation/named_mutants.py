@@ -101,7 +101,8 @@ MUTS.update({
         *MIG_STATE, "return {KEY_FILE: (key, 0o600)", "return {KEY_FILE: (key, 0o644)"),
     "the migration key admitted from anywhere": (
         "_states/kvmcluster_account.py", "test/unit/test_migration_unit.py",
-        "    return [f'restrict,from=\"{\",\".join(peers)}\" {key} kvmcluster-migration']",
+        "    return [f'restrict,from=\"{\",\".join(peers)}\",command=\"{MIGRATION_COMMAND}\" {key} '\n"
+        "            \"kvmcluster-migration\"]",
         "    return [f'{key} kvmcluster-migration']"),
     "a VM answering elsewhere is started again": (
         "_states/kvmcluster_vm.py", "test/unit/test_migration_unit.py",
