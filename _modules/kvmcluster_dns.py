@@ -15,6 +15,7 @@ and without a gap in DNS.
 """
 import ipaddress
 import os
+import tempfile
 
 from salt.exceptions import CommandExecutionError
 
@@ -71,6 +72,50 @@ def management_nodes(view):
     return [n for _, n in sorted(view["nodes"].items()) if n.get("management")]
 
 
+def _check_values(view):
+    """Every value the three files take from the model, in dnsmasq's grammar (no separator,
+    no newline): a refusal writes nothing."""
+    vms = {n: {k: vm.get(k) for k in ("ip", "mac")} for n, vm in (view.get("vms") or {}).items()}
+    __utils__["kvmcluster_safe.check"]("dnsmasq configuration", "dnsmasq", {
+        "domain": view.get("domain") or "",
+        "nodes": {n: [e.get("hostname"), *addresses(e)] for n, e in view["nodes"].items()},
+        "dns:records": view["dns"].get("records") or {},
+        "dns:upstream": view["dns"].get("upstream") or [],
+        "dhcp:hosts": view["dhcp"].get("hosts") or {},
+        "dhcp:range": view["dhcp"].get("range") or [],
+        "dhcp:lease_time": view["dhcp"].get("lease_time") or "",
+        "gateway": view.get("gateway") or "",
+        "vms": vms})
+
+
+def check_conf(text, binary="/usr/sbin/dnsmasq"):
+    """
+    ``dnsmasq --test`` of a new drop-in before it is installed (where dnsmasq is installed;
+    on a first install the model and the writer's checks stand alone). Raises
+    CommandExecutionError with dnsmasq's words when it refuses the file.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call kvmcluster_dns.check_conf "$(cat /etc/dnsmasq.d/kvmcluster.conf)"
+    """
+    if not os.path.exists(binary):
+        return False
+    fd, tmp = tempfile.mkstemp(prefix="kvmcluster-dnsmasq-", suffix=".conf")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        res = __salt__["cmd.run_all"]([binary, "--test", f"--conf-file={tmp}"],
+                                      python_shell=False, ignore_retcode=True)
+    finally:
+        os.unlink(tmp)
+    if res["retcode"] != 0:
+        raise CommandExecutionError("dnsmasq refuses the new configuration, which is not "
+                                    f"installed: {(res['stderr'] or res['stdout']).strip()[:300]}")
+    return True
+
+
 def _fqdn(name, domain):
     return f"{name}.{domain}" if domain else name
 
@@ -87,6 +132,7 @@ def hosts_lines(view):
     """
     domain = view.get("domain") or ""
     rows = []
+    _check_values(view)
     for _, n in sorted(view["nodes"].items()):
         for a in addresses(n):
             rows.append((a, n["hostname"]))
@@ -118,6 +164,7 @@ def dhcp_host_lines(view):
         salt-call kvmcluster_dns.dhcp_host_lines "$(salt-call --out=json kvmcluster_model.current)"
     """
     out = []
+    _check_values(view)
     for name, h in sorted((view["dhcp"].get("hosts") or {}).items()):
         ip = ipaddress.ip_address(str(h["ip"]))
         out.append(f"{h['mac'].lower()},{f'[{ip}]' if ip.version == 6 else ip},{name}")
@@ -146,12 +193,16 @@ def conf_text(view):
     mgmt = management_nodes(view)
     domain = view.get("domain") or ""
     dhcp = view["dhcp"]
+    _check_values(view)
     lines = [HEADER,
              "# Only the management node's own addresses, never the wildcard.",
              "bind-interfaces", *[f"listen-address={a}" for a in addresses(me)],
              "# Answers come from the model, not this node's /etc/hosts or resolv.conf.",
              "no-hosts", "no-resolv", "domain-needed", "bogus-priv",
-             f"addn-hosts={HOSTS}"]
+             f"addn-hosts={HOSTS}",
+             "# Names come from the model only: a name a DHCP client asks for never enters",
+             "# the cluster's zone (it could claim a node's or another guest's name).",
+             "dhcp-ignore-names"]
     if domain:
         lines += [f"domain={domain}", f"local=/{domain}/"]
     lines += [f"server={u}" for u in view["dns"].get("upstream") or []]

@@ -513,6 +513,10 @@ def target(backend, plan, current, resolv_managed=False):
 
         salt-call kvmcluster_netrender.target ifupdown '{...plan...}' '{}'
     """
+    # The second line of defence: no value of the plan holds a character the four grammars
+    # (stanzas, keyfiles, YAML, shell) would read as structure.
+    __utils__["kvmcluster_safe.check"](f"{backend} network configuration", "network",
+                                       {"plan": plan})
     names = set(interfaces_of(plan))
     out = {}
     if backend == "ifupdown":

@@ -29,6 +29,9 @@ def exports_text(path, clients, options):
 
         salt '*' kvmcluster_nfs.exports_text /data01/secondary '[172.30.10.41]' '[rw, sync]'
     """
+    __utils__["kvmcluster_safe.check"]("/etc/exports.d", "exports",
+                                       {"path": path, "clients": list(clients),
+                                        "options": list(options)})
     opts = ",".join(options)
     targets = " ".join(f"{c}({opts})" for c in clients)
     return ("# Managed by kvmcluster (pillar kvmcluster:storage:secondary).\n"

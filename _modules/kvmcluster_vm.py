@@ -65,6 +65,11 @@ def _domain(conn, name):
 # ---- the domain XML -------------------------------------------------------------------
 
 def _sub(parent, tag, text=None, **attrs):
+    # ElementTree escapes markup but writes control characters that libvirt's parser
+    # rejects or reads apart: refused here, before any XML reaches libvirt.
+    __utils__["kvmcluster_safe.check"](f"libvirt XML <{tag}>", "xml",
+                                       {"text": "" if text is None else str(text),
+                                        **{k: str(v) for k, v in attrs.items()}})
     el = ET.SubElement(parent, tag, {k: str(v) for k, v in attrs.items()})
     if text is not None:
         el.text = str(text)

@@ -206,6 +206,8 @@ def _record(users):
 def _keys_text(current, keys):
     """``authorized_keys`` with the formula's block holding ``keys`` (the site's lines kept;
     a model key that sits outside the block moves into it)."""
+    __utils__["kvmcluster_safe.check"]("authorized_keys", "authorized_keys",
+                                       {"ssh_keys": list(keys)})
     lines = (current or "").splitlines()
     if BEGIN in lines and END in lines[lines.index(BEGIN):]:
         start = lines.index(BEGIN)
@@ -237,6 +239,7 @@ def _migration_keys(view):
 
 def _sudoers_text(user):
     """The sudoers drop-in for ``user``."""
+    __utils__["kvmcluster_safe.check"]("sudoers", "sudoers", {"account:name": user})
     return (f"# Managed by kvmcluster (pillar kvmcluster:account). Checked with visudo.\n"
             f"{user} ALL=(ALL:ALL) NOPASSWD: ALL\n")
 

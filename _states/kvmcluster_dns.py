@@ -75,6 +75,9 @@ def served(name, packages=(), service="dnsmasq.service"):
         return changes
 
     def apply(changes):
+        if paths["conf"] in changes:
+            # dnsmasq reads the new drop-in before it is installed (where it is installed).
+            __salt__["kvmcluster_dns.check_conf"](want["conf"])
         __salt__["kvmcluster_dns.ensure_dir"]()
         # Files first: a package that starts dnsmasq on install starts it on our drop-in
         # (bound to the model's addresses), never on the wildcard.

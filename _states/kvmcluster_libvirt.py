@@ -49,6 +49,9 @@ def _desired_settings(view):
     }
     if tls_on:
         settings.update(files)
+    # Quoted strings in libvirtd.conf: a quote or newline would end one and start a setting.
+    __utils__["kvmcluster_safe.check"]("libvirtd.conf", "libvirt_conf",
+                                       {k: v for k, v in settings.items() if isinstance(v, str)})
     return settings
 
 

@@ -42,6 +42,9 @@ def _ssh_enabled(view):
 
 def _known_hosts_text(view):
     """The peers' host keys under their address, host name and FQDN."""
+    __utils__["kvmcluster_safe.check"]("known_hosts", "known_hosts", {
+        n: [e["ip"], e["hostname"], e["fqdn"], *(e.get("ssh_host_keys") or [])]
+        for n, e in _peers(view).items()})
     lines = []
     for name, e in _peers(view).items():
         names = ",".join(dict.fromkeys([e["ip"], e["hostname"], e["fqdn"]]))
@@ -71,7 +74,11 @@ def _desired_files(view):
     """``{path: (text, mode)}``; text None: the file must not be there."""
     if not _ssh_enabled(view):
         return {KEY_FILE: (None, 0o600), KNOWN_HOSTS: (None, 0o644), SSH_CONFIG: (None, 0o644)}
-    key = view["migration"]["ssh"]["private_key"].strip() + "\n"
+    key = view["migration"]["ssh"]["private_key"]
+    if not key.startswith("-----BEGIN OPENSSH PRIVATE KEY-----"):
+        raise _skeleton().Refused("the migration key was withheld from this node's model (a "
+                                  "runner's call); the state runs with the node's pillar")
+    key = key.strip() + "\n"
     return {KEY_FILE: (key, 0o600), KNOWN_HOSTS: (_known_hosts_text(view), 0o644),
             SSH_CONFIG: (_ssh_config_text(view), 0o644)}
 

@@ -157,6 +157,10 @@ def _same_dir(a, b):
 
 
 def _fstab_line(sec, server, is_server):
+    __utils__["kvmcluster_safe.check"]("/etc/fstab", "fstab", {
+        "export_path": sec["export_path"], "mountpoint": sec["mountpoint"],
+        "mount_options": list(sec["mount_options"]),
+        "server": "" if is_server else server["ip"]})
     if is_server:
         return f"{sec['export_path']} {sec['mountpoint']} none bind 0 0"
     opts = ",".join(sec["mount_options"])

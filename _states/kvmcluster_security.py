@@ -44,6 +44,8 @@ def _apparmor_active():
 
 
 def _block(paths):
+    # A quote or newline in a path would close the rule and open another (e.g. /**).
+    __utils__["kvmcluster_safe.check"]("AppArmor abstraction", "path", {"pool paths": paths})
     rules = []
     for p in paths:
         rules += [f'  "{p}/" r,', f'  "{p}/**" rwk,']
@@ -172,7 +174,7 @@ def selinux_contexts(name, packages=()):
         # Without semanage yet (fresh node under test), every rule is still to be added.
         rules = _fcontext_rules() if not pkgs else {}
         for p in paths:
-            spec = f"{p}(/.*)?"
+            spec = __utils__["kvmcluster_safe.fcontext_spec"](p)
             if rules.get(spec) != FCONTEXT_TYPE:
                 changes[f"fcontext:{spec}"] = {"old": rules.get(spec), "new": FCONTEXT_TYPE}
             elif _relabel_needed(p):

@@ -17,6 +17,10 @@ def load_module(kind, name):
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
+    if kind != "_utils":
+        # What Salt's loader gives every module: the repository's _utils (a test may
+        # replace it with its own).
+        mod.__utils__ = utils_dunder()
     return mod
 
 
@@ -45,8 +49,10 @@ def seed_pillar():
 
 def utils_dunder():
     """``__utils__`` for a state module loaded as plain Python: the repository's _utils."""
-    mod = load_module("_utils", "kvmcluster_state")
-    return {"kvmcluster_state.skeleton": mod.skeleton}
+    state = load_module("_utils", "kvmcluster_state")
+    safe = load_module("_utils", "kvmcluster_safe")
+    return {"kvmcluster_state.skeleton": state.skeleton, "kvmcluster_safe.check": safe.check,
+            "kvmcluster_safe.fcontext_spec": safe.fcontext_spec}
 
 
 class NoClose:

@@ -76,7 +76,7 @@ class Dnsmasq:
     def __init__(self, installed=True, active=True):
         self.files, self.installed, self.active = {}, installed, active
         self.pid, self.restarts, self.hups = 100, 0, 0
-        self.listen = []
+        self.listen, self.tested = [], []
 
     def systemctl(self, *args, check=True):
         if args[0] == "restart":
@@ -87,6 +87,13 @@ class Dnsmasq:
 
     def reload(self, service):
         self.hups += 1
+
+    def check_conf(self, text):
+        self.tested.append(text)
+        if "refuse-me" in text:
+            raise dns_mod.CommandExecutionError("dnsmasq refuses the new configuration, which "
+                                                "is not installed: bad option")
+        return True
 
     def unit(self, unit):
         on = self.installed and self.active
@@ -108,6 +115,7 @@ class Dnsmasq:
                 "kvmcluster_dns.dhcp_host_lines": dns_mod.dhcp_host_lines,
                 "kvmcluster_dns.listening": lambda port=53: list(self.listen_now(v)),
                 "kvmcluster_dns.reload": self.reload, "kvmcluster_dns.ensure_dir": lambda: None,
+                "kvmcluster_dns.check_conf": self.check_conf,
                 "kvmcluster_dns.files": dns_mod.files,
                 "kvmcluster_dns.addresses": dns_mod.addresses,
                 "kvmcluster_node.file_text": self.files.get,
@@ -131,6 +139,18 @@ def run_dns(node, v, test):
     dns_state.__opts__ = {"test": test}
     dns_state.__utils__ = UTILS
     return dns_state.served("dns", packages=["dnsmasq"])
+
+
+def test_a_drop_in_dnsmasq_refuses_is_never_installed(monkeypatch):
+    v = view("mgmt01")
+    node = Dnsmasq()
+    assert run_dns(node, v, False)["result"] is True
+    before, restarts = dict(node.files), node.restarts
+    assert node.tested and "dhcp-ignore-names" in node.tested[-1]
+    monkeypatch.setattr(dns_mod, "HEADER", dns_mod.HEADER + "\nrefuse-me")
+    ret = run_dns(node, v, False)
+    assert ret["result"] is False and "dnsmasq refuses" in ret["comment"]
+    assert node.files == before and node.restarts == restarts
 
 
 def test_fresh_management_node_test_equals_real_then_nothing():

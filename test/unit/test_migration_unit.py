@@ -129,7 +129,7 @@ def mig(tmp_path):
     (tmp_path / "node.xml").write_text(NODE_XML)
     conn = libvirt.open(f"test://{tmp_path / 'node.xml'}")
     mod = load_module("_modules", "kvmcluster_migration")
-    mod.__utils__ = {"kvmcluster_virt.binding": lambda: libvirt,
+    mod.__utils__ = {**utils_dunder(), "kvmcluster_virt.binding": lambda: libvirt,
                      "kvmcluster_virt.connect": lambda uri: NoClose(conn)}
     v = view("kvm01")
     mod.__salt__ = {"kvmcluster_model.current": lambda: v}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmtestlib import NoClose
+from kvmtestlib import NoClose, utils_dunder
 
 libvirt = pytest.importorskip("libvirt")
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +49,7 @@ class _Shared:
 def vmmod(tmp_path):
     shared = _Shared(tmp_path / "node.xml")
     mod = _load("_modules/kvmcluster_vm.py", "kvmcluster_vm_t")
-    mod.__utils__ = {"kvmcluster_virt.binding": lambda: libvirt,
+    mod.__utils__ = {**utils_dunder(), "kvmcluster_virt.binding": lambda: libvirt,
                      "kvmcluster_virt.connect": shared.open}
     mod.__salt__ = {}
     mod.conn = shared.conn
