@@ -43,7 +43,8 @@ def _ssh_enabled(view):
 def _known_hosts_text(view):
     """The peers' host keys under their address, host name and FQDN."""
     __utils__["kvmcluster_safe.check"]("known_hosts", "known_hosts", {
-        n: [e["ip"], e["hostname"], e["fqdn"], *(e.get("ssh_host_keys") or [])]
+        n: [e["ip"], e["hostname"], e["fqdn"],
+            *[word for key in e.get("ssh_host_keys") or [] for word in key.split(" ", 1)]]
         for n, e in _peers(view).items()})
     lines = []
     for name, e in _peers(view).items():

@@ -31,6 +31,9 @@ def _live(key):
 
 def _render(settings):
     """The drop-in's text for ``settings`` (keys sorted; null values are not managed)."""
+    __utils__["kvmcluster_safe.check"]("sysctl drop-in", "sysctl_key", {"keys": list(settings)})
+    __utils__["kvmcluster_safe.check"]("sysctl drop-in", "sysctl", {
+        "values": [str(v) for v in settings.values() if v is not None]})
     lines = ["# Managed by kvmcluster (pillar kvmcluster:sysctl). Local edits are replaced."]
     for key in sorted(settings):
         if settings[key] is not None:

@@ -26,13 +26,17 @@ SPEC = {
     "sudoers": "a-z0-9_-",
     # authorized_keys: one line of printable ASCII per key (options quoted by the writer).
     "authorized_keys": "\x20-\x7e",
-    # known_hosts and ssh_config: host names, addresses, key types and bodies.
-    "known_hosts": "A-Za-z0-9+/=.,:@_ -",
+    # known_hosts and ssh_config: host names, addresses, a key's type and its body (each a
+    # word of its own: a space inside one would add a field).
+    "known_hosts": "A-Za-z0-9+/=.:@_-",
     # An AppArmor rule's quoted path; an SELinux fcontext spec (a regex: '.' and '+' escaped
     # by the writer); paths in libvirtd.conf, qemu.conf, unit files. Absolute.
     "path": "A-Za-z0-9._+@/-",
+    # sysctl.d: a key and a value of words and numbers on one line.
+    "sysctl": "A-Za-z0-9_.:/,+@= -",
+    "sysctl_key": "A-Za-z0-9_./-",
     # A quoted value of libvirtd.conf or qemu.conf: no quote, no backslash.
-    "libvirt_conf": "A-Za-z0-9._:/@+=, -",
+    "libvirt_conf": "A-Za-z0-9._:/@+=-",
     # Text and attributes of a libvirt domain XML (ElementTree escapes <>&"): printable.
     "xml": "^\x00-\x1f\x7f",
 }
