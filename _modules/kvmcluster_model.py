@@ -84,9 +84,9 @@ SSH_KEY_TYPES = {
 _PATH_SEGMENT = re.compile(r"^[A-Za-z0-9._+@-]{1,255}\Z", re.A)
 PATH_MAX = 1024
 # Pillar keys whose values are secrets: never sent to a node as an argument, never in a
-# message, a state's changes or a log line. Paths under ROOT.
+# message, a state's changes or a log line. Paths under ROOT. The runner replaces them with
+# WITHHELD (_utils/kvmcluster_safe.py holds the same two: a test keeps them equal).
 SECRETS = (("migration", "ssh", "private_key"),)
-# What the runner sends a node in place of a secret it does not need.
 WITHHELD = "withheld (a secret stays on the management node)"
 # Smallest cluster subnets that make sense (a wider one is a typo or a grant to the world).
 SUBNET_MIN_PREFIX = {4: 8, 6: 16}
@@ -312,12 +312,55 @@ def build(pillar, defaults, self_id=None, self_os_family=None):
     """
     errors = _Errors()
     try:
-        return _build(errors, pillar, defaults, self_id, self_os_family)
+        model, errors = _build(errors, pillar, defaults, self_id, self_os_family)
     except Exception as exc:  # pylint: disable=broad-except
         # Validation reports, it never raises; an exception here is a bug, named as one.
-        log.exception("kvmcluster model validation failed")
+        log.error("kvmcluster model validation failed: %s", type(exc).__name__)
         errors.add(None, ROOT, f"{INTERNAL}: {type(exc).__name__}: {_q(str(exc))}")
-        return None, errors
+        model = None
+    return model, _without_secrets(errors, pillar)
+
+
+def _secret_words(pillar, depth=0):
+    """The words (8 characters or more) of the secrets in ``pillar``: the values at the
+    secret keys, and any string that holds a private key, wherever it was put."""
+    texts = []
+    for path in SECRETS:
+        cur = pillar
+        for k in path:
+            cur = cur.get(k) if isinstance(cur, dict) else cur
+            if not isinstance(cur, dict):
+                break
+        if cur is not None and cur != WITHHELD and not isinstance(cur, dict):
+            texts.append(cur if isinstance(cur, str) else repr(cur))
+
+    def walk(node, level):
+        if level > 12:
+            return
+        if isinstance(node, dict):
+            for v in node.values():
+                walk(v, level + 1)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v, level + 1)
+        elif isinstance(node, str) and "PRIVATE KEY" in node:
+            texts.append(node)
+
+    walk(pillar, depth)
+    return {w for t in texts for w in re.split(r"[\s'\"\\]+|\\n", t) if len(w) >= 8}
+
+
+def _without_secrets(errors, pillar):
+    """A message never quotes a secret, whatever check quoted a value (a secret put where a
+    mapping belongs, say): such a reason is replaced."""
+    words = _secret_words(pillar)
+    if not words:
+        return errors
+    for e in errors:
+        if any(w in e.reason for w in words):
+            e.reason = "holds a secret (migration:ssh:private_key) where it does not belong; " \
+                       "the value is not shown"
+    return errors
 
 
 INTERNAL = "cannot be validated (a bug in kvmcluster; please report it)"

@@ -211,8 +211,12 @@ def _call_model(fun, tgt="*", tgt_type="glob", ssh=False, timeout=60, arg=(), kw
     if not ssh:
         return _call(fun, tgt, tgt_type, ssh, timeout, arg, kwarg)
     groups = {}
+    withhold = __utils__["kvmcluster_safe.withhold"]
     for node in sorted(_ssh_targets(tgt, tgt_type)):
-        cluster = json.dumps(_node_pillar(node).get(ROOT) or {}, sort_keys=True, default=str)
+        # The node gets its model, never a secret: the call's arguments are in its process
+        # list while it runs, in this master's job cache and in debug logs.
+        cluster = json.dumps(withhold(_node_pillar(node).get(ROOT) or {}), sort_keys=True,
+                             default=str)
         groups.setdefault(cluster, []).append(node)
     answered, missing = {}, {}
     for cluster, nodes in groups.items():

@@ -99,3 +99,27 @@ def fcontext_spec(path):
     regex characters a safe path may hold escaped)."""
     check("SELinux fcontext", "path", {"path": path})
     return re.sub(r"([.+])", r"\\\1", path.rstrip("/")) + "(/.*)?"
+
+
+# ---- secrets --------------------------------------------------------------------------
+# Pillar keys (under ``kvmcluster``) whose values are secrets, the schema's secret marks
+# (kvmcluster_model.SECRETS, kept equal by a test): never an argument of a call to a node,
+# never in a message, a state's changes or a log line.
+SECRETS = (("migration", "ssh", "private_key"),)
+# What a node's model holds in place of a secret the management node keeps to itself.
+WITHHELD = "withheld (a secret stays on the management node)"
+
+
+def withhold(cluster):
+    """A copy of ``cluster`` (a ``kvmcluster`` pillar) with every secret replaced by
+    ``WITHHELD``: what a runner may send a node. The original is not changed."""
+    import copy  # pylint: disable=import-outside-toplevel
+
+    out = copy.deepcopy(cluster) if isinstance(cluster, dict) else cluster
+    for path in SECRETS:
+        cur = out
+        for k in path[:-1]:
+            cur = cur.get(k) if isinstance(cur, dict) else None
+        if isinstance(cur, dict) and cur.get(path[-1]) is not None:
+            cur[path[-1]] = WITHHELD
+    return out

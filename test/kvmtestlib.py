@@ -52,7 +52,8 @@ def utils_dunder():
     state = load_module("_utils", "kvmcluster_state")
     safe = load_module("_utils", "kvmcluster_safe")
     return {"kvmcluster_state.skeleton": state.skeleton, "kvmcluster_safe.check": safe.check,
-            "kvmcluster_safe.fcontext_spec": safe.fcontext_spec}
+            "kvmcluster_safe.fcontext_spec": safe.fcontext_spec,
+            "kvmcluster_safe.withhold": safe.withhold}
 
 
 class NoClose:
