@@ -8,7 +8,8 @@ import pytest
 
 from lab import control, master, report
 from lab.report import summarize
-from labtest import BACKENDS, Lab, fingerprint, record_timing, show
+from lab import paths
+from labtest import BACKENDS, Lab, SecretScan, fingerprint, key_needles, record_timing, show
 
 NODES = ["kvm01", "kvm02", "kvm03"]
 
@@ -115,3 +116,35 @@ def test_status_runner_through_the_minions(master_lab):  # noqa: ARG001
         assert rep["bridge"]["exists"] and rep["libvirtd"] == "active", rep
         assert rep["libvirt"]["pools"]["primary"]["path"] == "/data01/primary"
         assert table.stdout.count(f"\n{n} ") == 1
+
+
+def test_the_migration_key_never_leaves_pillar_in_master_mode(master_lab):
+    """A highstate and the status runner through the minions, master and minions logging
+    at debug: the private key's body is in no process's argv (sampled every 20 ms), not in
+    the master's job cache or log, not in a minion's log, not in the runner's output."""
+    priv = master_lab.pillar["kvmcluster"]["migration"]["ssh"]["private_key"]
+    assert priv and "PRIVATE KEY" in priv
+    for argv in (("salt-run", "saltutil.sync_all"), ("salt", "*", "saltutil.sync_all")):
+        proc = (master.salt_run(*argv[1:]) if argv[0] == "salt-run"
+                else master.salt(*argv[1:], "--timeout=120"))
+        assert proc.returncode == 0, proc.stdout[-1500:] + proc.stderr[-1500:]
+    scan = SecretScan(key_needles(priv))
+    with scan:
+        results, proc = highstate()
+        status = master.salt_run("kvmcluster.status")
+    for n in NODES:
+        assert summarize(results[n])["failed"] == 0, summarize(results[n])["failures"]
+    assert status.returncode == 0, status.stdout[-1500:] + status.stderr[-1500:]
+    scan.text("highstate", proc.stdout + proc.stderr)
+    scan.text("status", status.stdout + status.stderr)
+    minion_logs = [paths.HOME / "nodes" / n / "root" / "var" / "log" / "salt" for n in NODES]
+    jobs = master.MASTER_DIR / "root" / "cache" / "jobs"
+    read = scan.files(master.MASTER_DIR / "master.log", jobs, *minion_logs)
+    cached = sum(1 for _ in jobs.rglob("*") if _.is_file())
+    debug_lines = sum(1 for ln in (master.MASTER_DIR / "master.log").read_text(
+        errors="replace").splitlines() if "[DEBUG" in ln)
+    show("the migration key's body, looked for during highstate + status (salt-master)",
+         f"argv samples: {scan.samples}; files read: {read} (job cache files: {cached}, "
+         f"master debug lines: {debug_lines}); outputs: 2; occurrences: {len(scan.hits)}")
+    assert scan.samples > 50 and cached > 0 and debug_lines > 0
+    assert scan.hits == [], scan.hits[:5]

@@ -12,7 +12,7 @@ import pytest
 
 from lab import control, guest, net, paths, saltcfg
 from lab.report import summarize
-from labtest import Lab, record_timing, show
+from labtest import Lab, SecretScan, key_needles, record_timing, show
 
 DOMAIN = "lab.kvmcluster.test"
 NODES = ["mgmt01", "kvm01", "kvm02"]
@@ -375,6 +375,41 @@ class Listeners:
     def __exit__(self, *exc):
         self.stop.set()
         self.thread.join(timeout=30)
+
+
+def test_the_migration_key_never_leaves_the_management_node(at_base):
+    """A full apply, status and a live migration over salt-ssh, with debug logs: the
+    private key's body is in no process's argv (sampled every 20 ms on this machine, the
+    nodes' processes included), no log or cache file of the management node or the nodes,
+    and no runner output."""
+    lab = at_base
+    priv = lab.pillar["kvmcluster"]["migration"]["ssh"]["private_key"]
+    assert priv and "PRIVATE KEY" in priv
+    scan = SecretScan(key_needles(priv))
+    debug = "--log-file-level=debug"
+    with scan:
+        applied = saltcfg.salt_ssh("*", "state.apply", "kvmcluster", "--out=json", "--static",
+                                   debug, timeout=900)
+        status = saltcfg.salt_run("kvmcluster.status", "ssh=True", debug, timeout=300)
+        moved, proc, took = migrate("vm1", "kvm02", debug)
+    assert applied.returncode == 0, applied.stdout[-1500:] + applied.stderr[-1500:]
+    assert status.returncode == 0, status.stdout[-1500:] + status.stderr[-1500:]
+    assert moved.get("retcode", 0) == 0 and running_on(lab, "vm1") == ["kvm02"], moved
+    for what, out in (("salt-ssh state.apply", applied), ("status", status),
+                      ("migrate", proc)):
+        scan.text(what, out.stdout + out.stderr)
+    logs = [paths.HOME / "nodes" / n / "root" / "var" / "log" for n in NODES]
+    # The job cache, where salt keeps calls' arguments and returns (the pillar source and
+    # the file client's copy of it are the management node's own, and stay there).
+    read = scan.files(saltcfg.SALT_DIR / "master.log", saltcfg.SALT_DIR / "ssh.log",
+                      saltcfg.SALT_DIR / "root" / "cache" / "jobs", *logs)
+    debug_lines = sum(1 for ln in (saltcfg.SALT_DIR / "ssh.log").read_text(
+        errors="replace").splitlines() if "[DEBUG" in ln)
+    show("the migration key's body, looked for during apply + status + migrate (salt-ssh)",
+         f"argv samples: {scan.samples}; files read: {read} (debug lines in ssh.log: "
+         f"{debug_lines}); outputs: 3; occurrences: {len(scan.hits)}")
+    assert scan.samples > 50 and debug_lines > 0 and read > 0
+    assert scan.hits == [], scan.hits[:5]
 
 
 def test_live_migration_with_a_copied_disk_and_with_a_shared_disk(at_base):

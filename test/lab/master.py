@@ -67,6 +67,8 @@ def write_config(nodes, cluster_pillar):
         "pillar_roots": {"base": [str(PILLAR_DIR)]},
         "auto_accept": False,
         "state_output": "changes",
+        # Debug in the log file: the lab looks there for what must never be logged.
+        "log_level_logfile": "debug",
     }
     (MASTER_DIR / "master").write_text(yaml.safe_dump(conf, sort_keys=False))
     (STATES_DIR / "top.sls").write_text("base:\n  '*':\n    - kvmcluster\n")
@@ -134,7 +136,7 @@ def install_minion(n):
     _ssh(n, f"python3 -m venv --without-pip {MINION_VENV} && {MINION_VENV}/bin/python "
             f"{MINION_HOME}/wheels/{pip}/pip install -q --no-index --find-links "
             f"{MINION_HOME}/wheels {SALT_PIN} pip", timeout=600)
-    conf = yaml.safe_dump({"master": net.MGMT_IP, "id": n.name})
+    conf = yaml.safe_dump({"master": net.MGMT_IP, "id": n.name, "log_level_logfile": "debug"})
     _ssh(n, "mkdir -p /etc/salt/minion.d && cat > /etc/salt/minion.d/lab.conf",
          conf.encode())
     _ssh(n, "cat > /etc/systemd/system/salt-minion.service", MINION_UNIT.encode())

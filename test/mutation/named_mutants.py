@@ -122,6 +122,138 @@ MUTS.update({
         "_states/kvmcluster_vm.py", "test/unit/test_vm_state.py",
         "        _refuse_rebuild(view, vm, cur)\n", "        pass\n"),
 })
+# Issue 21's guards: hostile values, writers, the account's ~/.ssh, revocation, secrets.
+HOSTILE = ("_modules/kvmcluster_model.py", "test/unit/test_hostile_pillars.py")
+WFUZZ = "test/unit/test_writers_fuzz.py"
+ACCT = ("_states/kvmcluster_account.py", "test/unit/test_account_state.py")
+MUTS.update({
+    "an address may carry a scope id (or any text)": (
+        *HOSTILE, "    if not isinstance(value, str) or not re.match(r\"^[0-9A-Fa-f.:/]{2,64}\\Z\", value, re.A):",
+        "    if not isinstance(value, str):"),
+    "export clients wider than the cluster": (
+        *HOSTILE, "        if not any(net.version == s.version and net.subnet_of(s) for s in subnets):",
+        "        if False:"),
+    "export clients may cover guests": (
+        *HOSTILE, "        return  # only over values already canonical", "        return"
+        "\n    return"),
+    "subnets of any width": (
+        *HOSTILE, "        if net.prefixlen < SUBNET_MIN_PREFIX[net.version]:", "        if False:"),
+    "paths of any characters": (
+        *HOSTILE, "    bad = [seg for seg in value.split(\"/\")[1:] if not _PATH_SEGMENT.match(seg)]",
+        "    bad = []"),
+    "switches from strings ('false' is true)": (
+        *HOSTILE, "    _check_booleans(errors, ROOT, c, defaults)\n", "    pass\n"),
+    "the rw socket open to every account": (
+        *HOSTILE, "        elif k == \"unix_sock_rw_perms\" and lv[k][-1] != \"0\":", "        elif False:"),
+    "an SSH key with control characters": (
+        *HOSTILE, "    if not re.match(r\"^[\\x20-\\x7e]{1,16384}\\Z\", text, re.A):", "    if False:"),
+    "an SSH key body not decoded": (
+        *HOSTILE, "    if blob[4:4 + n] != ktype.encode() or len(blob) <= 4 + n:", "    if False:"),
+    "a kernel or initrd anywhere on the host": (
+        *HOSTILE, "                if isinstance(mp, str) and not img[part].startswith(mp.rstrip(\"/\") + \"/\"):",
+        "                if False:"),
+    "lookup unchecked": (
+        *HOSTILE, "    _check_lookup(errors, pillar.get(\"lookup\"))\n", ""),
+    "a node id of another type": (
+        *HOSTILE, "        if isinstance(name, bool) or not isinstance(name, (str, int)):", "        if False:"),
+    "a key printed with its line breaks": (
+        *HOSTILE, "        self.append(ModelError(_printable(node or \"cluster\"), _printable(key), reason))",
+        "        self.append(ModelError(node or \"cluster\", key, reason))"),
+    "render errors only when the pillar is a dict": (
+        "_modules/kvmcluster_model.py", "test/unit/test_model.py",
+        "    getter = getattr(pillar, \"get\", None)\n",
+        "    getter = pillar.get if isinstance(pillar, dict) else None\n"),
+    "a message quotes a secret": (
+        "_modules/kvmcluster_model.py", "test/unit/test_secrets.py",
+        "    return model, _without_secrets(errors, pillar)", "    return model, errors"),
+    "the runner sends the secret to the nodes": (
+        "_runners/kvmcluster.py", "test/unit/test_secrets.py",
+        "        cluster = json.dumps(withhold(_node_pillar(node).get(ROOT) or {}), sort_keys=True,",
+        "        cluster = json.dumps((_node_pillar(node).get(ROOT) or {}), sort_keys=True,"),
+    "the guard lets control characters through": (
+        "_utils/kvmcluster_safe.py", WFUZZ,
+        "        if unicodedata.category(ch) in _NEVER or not _ALLOWED[spec].match(ch):",
+        "        if not _ALLOWED[spec].match(ch):"),
+    "network configuration unchecked": (
+        "_modules/kvmcluster_netrender.py", WFUZZ,
+        "    __utils__[\"kvmcluster_safe.check\"](f\"{backend} network configuration\", \"network\",",
+        "    (lambda *a: None)(f\"{backend} network configuration\", \"network\","),
+    "dnsmasq values unchecked": (
+        "_modules/kvmcluster_dns.py", WFUZZ,
+        "    __utils__[\"kvmcluster_safe.check\"](\"dnsmasq configuration\", \"dnsmasq\", {",
+        "    (lambda *a: None)(\"dnsmasq configuration\", \"dnsmasq\", {"),
+    "exports unchecked": (
+        "_modules/kvmcluster_nfs.py", WFUZZ,
+        "    __utils__[\"kvmcluster_safe.check\"](\"/etc/exports.d\", \"exports\",",
+        "    (lambda *a: None)(\"/etc/exports.d\", \"exports\","),
+    "fstab unchecked": (
+        "_states/kvmcluster_nfs.py", WFUZZ,
+        "    __utils__[\"kvmcluster_safe.check\"](\"/etc/fstab\", \"fstab\", {",
+        "    (lambda *a: None)(\"/etc/fstab\", \"fstab\", {"),
+    "sudoers unchecked": (
+        "_states/kvmcluster_account.py", WFUZZ,
+        "    __utils__[\"kvmcluster_safe.check\"](\"sudoers\", \"sudoers\", {\"account:name\": user})",
+        "    pass"),
+    "authorized_keys unchecked": (
+        "_states/kvmcluster_account.py", WFUZZ,
+        "    __utils__[\"kvmcluster_safe.check\"](\"authorized_keys\", \"authorized_keys\",",
+        "    (lambda *a: None)(\"authorized_keys\", \"authorized_keys\","),
+    "known_hosts unchecked": (
+        "_states/kvmcluster_migration.py", WFUZZ,
+        "    __utils__[\"kvmcluster_safe.check\"](\"known_hosts\", \"known_hosts\", {",
+        "    (lambda *a: None)(\"known_hosts\", \"known_hosts\", {"),
+    "AppArmor rule unchecked": (
+        "_states/kvmcluster_security.py", WFUZZ,
+        "    __utils__[\"kvmcluster_safe.check\"](\"AppArmor abstraction\", \"path\", {\"pool paths\": paths})",
+        "    pass"),
+    "libvirtd.conf unchecked": (
+        "_states/kvmcluster_libvirt.py", WFUZZ,
+        "    __utils__[\"kvmcluster_safe.check\"](\"libvirtd.conf\", \"libvirt_conf\",",
+        "    (lambda *a: None)(\"libvirtd.conf\", \"libvirt_conf\","),
+    "sysctl values unchecked": (
+        "_states/kvmcluster_sysctl.py", WFUZZ,
+        "    __utils__[\"kvmcluster_safe.check\"](\"sysctl drop-in\", \"sysctl\", {",
+        "    (lambda *a: None)(\"sysctl drop-in\", \"sysctl\", {"),
+    "domain XML unchecked": (
+        "_modules/kvmcluster_vm.py", WFUZZ,
+        "    __utils__[\"kvmcluster_safe.check\"](f\"libvirt XML <{tag}>\", \"xml\",",
+        "    (lambda *a: None)(f\"libvirt XML <{tag}>\", \"xml\","),
+    "fcontext regex unescaped": (
+        "_utils/kvmcluster_safe.py", WFUZZ,
+        "    return re.sub(r\"([.+])\", r\"\\\\\\1\", path.rstrip(\"/\")) + \"(/.*)?\"",
+        "    return path.rstrip(\"/\") + \"(/.*)?\""),
+    "~/.ssh opened through a link": (
+        *ACCT, "                self.fd = os.open(\".ssh\", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,\n"
+        "                                  dir_fd=home_fd)\n            except FileNotFoundError:",
+        "                self.fd = os.open(\".ssh\", os.O_RDONLY | os.O_DIRECTORY,\n"
+        "                                  dir_fd=home_fd)\n            except FileNotFoundError:"),
+    "authorized_keys read through a link": (
+        *ACCT, "            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=self.fd)",
+        "            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK, dir_fd=self.fd)"),
+    "a foreign or open ~/.ssh accepted": (
+        *ACCT, "    if st.st_uid not in (uid, 0):", "    if False:"),
+    "the temporary key file made through a link": (
+        *ACCT, "        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,\n                     dir_fd=self.fd)",
+        "        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600,\n                     dir_fd=self.fd)"),
+    "a removed or renamed account keeps its grants": (
+        *ACCT, "        return sorted(u for u in before if u != user)", "        return []"),
+    "an absent account keeps sudo": (
+        *ACCT, "    user = acct[\"name\"] if acct.get(\"state\", \"present\") == \"present\" else None",
+        "    user = acct[\"name\"]"),
+    "the sudoers path bound at import": (
+        *ACCT, "    path = path or SUDOERS  # read at call time: a test's path is never the real one\n",
+        "    path = path or \"/nonexistent-kvmcluster-mutant/kvmcluster\"\n"),
+    "a client's own name enters the zone": (
+        "_modules/kvmcluster_dns.py", MANAGEMENT, "             \"dhcp-ignore-names\"]",
+        "             ]"),
+    "a drop-in dnsmasq refuses is installed": (
+        "_states/kvmcluster_dns.py", MANAGEMENT,
+        "            __salt__[\"kvmcluster_dns.check_conf\"](want[\"conf\"])\n", "            pass\n"),
+    "the migration key reaches a shell": (
+        "_states/kvmcluster_account.py", "test/unit/test_migration_unit.py",
+        "MIGRATION_COMMAND = \"/usr/bin/virt-ssh-helper qemu:///system\"",
+        "MIGRATION_COMMAND = \"/bin/sh\""),
+})
 rows = []
 for name, (path, tests, old, new) in MUTS.items():
     work = pathlib.Path(tempfile.mkdtemp(prefix="kvmcluster-mutant-"))

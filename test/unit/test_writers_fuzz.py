@@ -174,3 +174,14 @@ def test_writer_refuses_control_and_meta_characters(name):
             out = call(value)
             pytest.fail(f"seed {SEED}: {name} wrote {value!r}: {str(out)[:200]!r}")
         assert "\n" not in str(exc.value).split(":", 1)[0]
+
+
+def test_the_fcontext_spec_matches_the_path_only():
+    """'.' and '+' are regex characters a safe path may hold: escaped, so the rule labels
+    the pool and nothing that merely looks like it."""
+    import re
+
+    spec = safe.fcontext_spec("/data01/vm.images+1")
+    assert spec == r"/data01/vm\.images\+1(/.*)?"
+    assert re.fullmatch(spec, "/data01/vm.images+1/disk.qcow2")
+    assert not re.fullmatch(spec, "/data01/vmXimages1/disk.qcow2")
