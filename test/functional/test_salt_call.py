@@ -86,3 +86,34 @@ def test_every_state_is_behind_the_model_and_the_preflight(salt_call):
             assert reaches(ident, "kvmcluster-model-validated"), ident
         if ident not in ("kvmcluster-model-validated", "kvmcluster-prereqs-preflight-checked"):
             assert reaches(ident, "kvmcluster-prereqs-preflight-checked"), ident
+
+
+def test_a_pillar_that_did_not_render_is_reported_first(tmp_path):
+    """Real salt-call, real pillar rendering: a YAML error in the pillar file is what the
+    operator reads (not "no subnets"), from validate and from the state run, and no state of
+    the formula runs."""
+    root = tmp_path
+    conf = {
+        "file_client": "local", "root_dir": str(root), "cachedir": str(root / "cache"),
+        "pki_dir": str(root / "pki"), "log_file": str(root / "log"), "id": "kvm02",
+        "module_dirs": [str(REPO / "_modules")], "states_dirs": [str(REPO / "_states")],
+        "utils_dirs": [str(REPO / "_utils")],
+        "file_roots": {"base": [str(formula_root(root / "formula"))]},
+        "pillar_roots": {"base": [str(root / "pillar")]},
+    }
+    (root / "pillar").mkdir()
+    (root / "pillar" / "top.sls").write_text("base:\n  '*':\n    - kvmcluster\n")
+    text = yaml.safe_dump(SEED_PILLAR).replace("  subnets:\n", "  subnets: [\n", 1)
+    (root / "pillar" / "kvmcluster.sls").write_text(text)
+    (root / "minion").write_text(yaml.safe_dump(conf))
+    base = [SALT_CALL, "--local", f"--config-dir={root}", "--out=json"]
+    res = subprocess.run([*base, "kvmcluster_model.validate"], capture_output=True, text=True,
+                         timeout=300, check=False)
+    got = json.loads(res.stdout)["local"]
+    assert res.returncode != 0 and got["valid"] is False
+    assert got["errors"][0].startswith("[cluster] pillar: did not render, fix it first:"), got
+    assert not any("subnets" in e and "did not render" not in e for e in got["errors"])
+    res = subprocess.run([*base, "state.sls_id", "kvmcluster-model-validated", "kvmcluster"],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode != 0
+    assert "subnets" not in res.stdout.split("did not render")[0], res.stdout[-1500:]

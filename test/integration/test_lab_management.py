@@ -2,6 +2,7 @@
 two hypervisor nodes. It serves DNS and DHCP from pillar with dnsmasq, is no hypervisor,
 and the account has password-less sudo on every node. Replaces the lab with its own."""
 import base64
+import copy
 import json
 import shlex
 import subprocess
@@ -216,7 +217,38 @@ def test_sudoers_that_fails_visudo_is_refused_and_the_old_file_stays(mgmt_lab, c
     assert out.split()[0] == "REFUSED" and out.split()[-1] == "SAME", out
     assert "visudo refuses" in out
     assert account_ssh(mgmt_lab.ip[node], "sudo -n true").returncode == 0
-    assert mgmt_lab.ssh(node, "ls -a /etc/sudoers.d").split().count(".kvmcluster.kvmcluster-new") == 0
+    left = [f for f in mgmt_lab.ssh(node, "ls -a /etc/sudoers.d").split()
+            if f.startswith(".kvmcluster.kvmcluster-")]
+    assert left == []  # no temporary file left behind
+
+
+def test_an_account_removed_from_pillar_loses_sudo_and_keys(mgmt_lab, converged):  # noqa: ARG001
+    """Revocation revokes: with the account gone from pillar, one apply removes the sudoers
+    file and the formula's keys on every node (the account itself stays); the login with
+    the removed key is refused. Then the lab's pillar again."""
+    pillar = copy.deepcopy(mgmt_lab.pillar)
+    del pillar["kvmcluster"]["account"]
+    mgmt_lab.set_pillar(pillar)
+    try:
+        results, proc = mgmt_lab.apply()
+        for n in ALL:
+            assert summarize(results[n])["failed"] == 0, (n, summarize(results[n])["failures"])
+            acct = next(v for k, v in results[n].items() if "account-present" in k)
+            assert "revoked:kvmadmin" in acct["changes"], acct
+            left = mgmt_lab.ssh(n, "ls /etc/sudoers.d/kvmcluster 2>&1; grep -c 'BEGIN "
+                                   "kvmcluster' ~kvmadmin/.ssh/authorized_keys; id -u kvmadmin",
+                                check=False)
+            assert "No such file" in left and left.split()[-2:][0] == "0", (n, left)
+            assert account_ssh(mgmt_lab.ip[n], "true").returncode == 255, n
+        show("account removed from pillar: what the apply revoked on kvm01",
+             json.dumps(next(v for k, v in results["kvm01"].items()
+                             if "account-present" in k)["changes"], indent=1))
+    finally:
+        mgmt_lab.reset_pillar()
+        back, _ = mgmt_lab.apply()
+    for n in ALL:
+        assert summarize(back[n])["failed"] == 0, (n, summarize(back[n])["failures"])
+        assert login_as_account(mgmt_lab, n, "sudo -n true").returncode == 0, n
 
 
 def test_roster_from_the_model_reaches_every_node_as_the_account(mgmt_lab, converged, tmp_path):  # noqa: ARG001
