@@ -81,3 +81,39 @@ def fake_pubkey(tag, ktype="ssh-ed25519", comment=None):
     blob = struct.pack(">I", len(t)) + t + struct.pack(">I", 32) + body
     line = f"{ktype} {base64.b64encode(blob).decode()}"
     return f"{line} {comment}" if comment else line
+
+
+DELETE = "~DELETE~"
+
+
+def edit_pillar(tree, changes):
+    """A copy of ``tree`` with ``changes`` applied: colon-separated paths (as in Salt's
+    pillar.get) to values; ``DELETE`` removes the key."""
+    tree = copy.deepcopy(tree)
+    for path, value in changes.items():
+        keys = path.split(":")
+        cur = tree
+        for k in keys[:-1]:
+            cur = cur.setdefault(k, {})
+        if value == DELETE:
+            cur.pop(keys[-1], None)
+        else:
+            cur[keys[-1]] = value
+    return tree
+
+
+def visudo_run_all(argv, **_kw):
+    """``cmd.run_all`` of ``visudo -c -q -f <file>``: the machine's visudo, or without sudo
+    installed a stand-in that refuses what visudo refuses here."""
+    import os
+    import shutil
+    import subprocess
+
+    visudo = shutil.which("visudo") or "/usr/sbin/visudo"
+    if not os.path.exists(visudo):
+        text = open(argv[-1], encoding="utf-8").read()
+        ok = all(ln.startswith("#") or " ALL=(ALL:ALL) NOPASSWD: ALL" in ln
+                 for ln in text.splitlines() if ln)
+        return {"retcode": 0 if ok else 1, "stdout": "", "stderr": "syntax error"}
+    res = subprocess.run([visudo, *argv[1:]], capture_output=True, text=True, check=False)
+    return {"retcode": res.returncode, "stdout": res.stdout, "stderr": res.stderr}

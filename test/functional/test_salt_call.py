@@ -31,9 +31,9 @@ STATES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def salt_call(tmp_path_factory):
-    root = tmp_path_factory.mktemp("salt-call")
+def minion_root(root, pillar_text):
+    """A ``salt-call --local`` configuration under ``root``: the repository's modules, the
+    formula in file_roots, ``pillar_text`` as the kvmcluster pillar file."""
     conf = {
         "file_client": "local", "root_dir": str(root), "cachedir": str(root / "cache"),
         "pki_dir": str(root / "pki"), "log_file": str(root / "log"), "id": "kvm02",
@@ -44,8 +44,14 @@ def salt_call(tmp_path_factory):
     }
     (root / "pillar").mkdir()
     (root / "pillar" / "top.sls").write_text("base:\n  '*':\n    - kvmcluster\n")
-    (root / "pillar" / "kvmcluster.sls").write_text(yaml.safe_dump(SEED_PILLAR))
+    (root / "pillar" / "kvmcluster.sls").write_text(pillar_text)
     (root / "minion").write_text(yaml.safe_dump(conf))
+    return root
+
+
+@pytest.fixture(scope="module")
+def salt_call(tmp_path_factory):
+    root = minion_root(tmp_path_factory.mktemp("salt-call"), yaml.safe_dump(SEED_PILLAR))
 
     def call(*args):
         res = subprocess.run([SALT_CALL, "--local", f"--config-dir={root}", "--out=json", *args],
@@ -92,20 +98,8 @@ def test_a_pillar_that_did_not_render_is_reported_first(tmp_path):
     """Real salt-call, real pillar rendering: a YAML error in the pillar file is what the
     operator reads (not "no subnets"), from validate and from the state run, and no state of
     the formula runs."""
-    root = tmp_path
-    conf = {
-        "file_client": "local", "root_dir": str(root), "cachedir": str(root / "cache"),
-        "pki_dir": str(root / "pki"), "log_file": str(root / "log"), "id": "kvm02",
-        "module_dirs": [str(REPO / "_modules")], "states_dirs": [str(REPO / "_states")],
-        "utils_dirs": [str(REPO / "_utils")],
-        "file_roots": {"base": [str(formula_root(root / "formula"))]},
-        "pillar_roots": {"base": [str(root / "pillar")]},
-    }
-    (root / "pillar").mkdir()
-    (root / "pillar" / "top.sls").write_text("base:\n  '*':\n    - kvmcluster\n")
     text = yaml.safe_dump(SEED_PILLAR).replace("  subnets:\n", "  subnets: [\n", 1)
-    (root / "pillar" / "kvmcluster.sls").write_text(text)
-    (root / "minion").write_text(yaml.safe_dump(conf))
+    root = minion_root(tmp_path, text)
     base = [SALT_CALL, "--local", f"--config-dir={root}", "--out=json"]
     res = subprocess.run([*base, "kvmcluster_model.validate"], capture_output=True, text=True,
                          timeout=300, check=False)

@@ -175,6 +175,15 @@ class SecretScan:
                             self.hits.append(("file", path, ""))
         return count
 
+    def assert_clean(self, title, files_read, **figures):
+        """Shows what was looked at and asserts that the secret was nowhere, and that the
+        looking was real (samples taken, files read, every figure above zero)."""
+        extra = "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in figures.items())
+        show(title, f"argv samples: {self.samples}; files read: {files_read}; {extra}; "
+                    f"occurrences: {len(self.hits)}")
+        assert self.samples > 50 and files_read > 0 and all(figures.values()), figures
+        assert self.hits == [], self.hits[:5]
+
     def text(self, what, text):
         data = text.encode() if isinstance(text, str) else text
         for n in self.needles:
@@ -185,3 +194,8 @@ class SecretScan:
 def key_needles(private_key_text):
     """The body lines of an OpenSSH private key: what a leak of it would contain."""
     return [ln for ln in private_key_text.splitlines() if ln and not ln.startswith("-----")]
+
+
+def debug_lines(log):
+    """How many debug lines a Salt log file holds (the scan read a log at debug level)."""
+    return sum(1 for ln in log.read_text(errors="replace").splitlines() if "[DEBUG" in ln)

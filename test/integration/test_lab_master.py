@@ -9,7 +9,8 @@ import pytest
 from lab import control, master, report
 from lab.report import summarize
 from lab import paths
-from labtest import BACKENDS, Lab, SecretScan, fingerprint, key_needles, record_timing, show
+from labtest import (BACKENDS, Lab, SecretScan, debug_lines, fingerprint, key_needles,
+                     record_timing, show)
 
 NODES = ["kvm01", "kvm02", "kvm03"]
 
@@ -141,10 +142,6 @@ def test_the_migration_key_never_leaves_pillar_in_master_mode(master_lab):
     jobs = master.MASTER_DIR / "root" / "cache" / "jobs"
     read = scan.files(master.MASTER_DIR / "master.log", jobs, *minion_logs)
     cached = sum(1 for _ in jobs.rglob("*") if _.is_file())
-    debug_lines = sum(1 for ln in (master.MASTER_DIR / "master.log").read_text(
-        errors="replace").splitlines() if "[DEBUG" in ln)
-    show("the migration key's body, looked for during highstate + status (salt-master)",
-         f"argv samples: {scan.samples}; files read: {read} (job cache files: {cached}, "
-         f"master debug lines: {debug_lines}); outputs: 2; occurrences: {len(scan.hits)}")
-    assert scan.samples > 50 and cached > 0 and debug_lines > 0
-    assert scan.hits == [], scan.hits[:5]
+    scan.assert_clean("the migration key's body, looked for during highstate + status "
+                      "(salt-master)", read, outputs=2, job_cache_files=cached,
+                      master_debug_lines=debug_lines(master.MASTER_DIR / "master.log"))

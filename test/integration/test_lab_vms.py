@@ -12,7 +12,7 @@ import pytest
 
 from lab import control, guest, net, paths, saltcfg
 from lab.report import summarize
-from labtest import Lab, SecretScan, key_needles, record_timing, show
+from labtest import Lab, SecretScan, debug_lines, key_needles, record_timing, show
 
 DOMAIN = "lab.kvmcluster.test"
 NODES = ["mgmt01", "kvm01", "kvm02"]
@@ -403,13 +403,9 @@ def test_the_migration_key_never_leaves_the_management_node(at_base):
     # the file client's copy of it are the management node's own, and stay there).
     read = scan.files(saltcfg.SALT_DIR / "master.log", saltcfg.SALT_DIR / "ssh.log",
                       saltcfg.SALT_DIR / "root" / "cache" / "jobs", *logs)
-    debug_lines = sum(1 for ln in (saltcfg.SALT_DIR / "ssh.log").read_text(
-        errors="replace").splitlines() if "[DEBUG" in ln)
-    show("the migration key's body, looked for during apply + status + migrate (salt-ssh)",
-         f"argv samples: {scan.samples}; files read: {read} (debug lines in ssh.log: "
-         f"{debug_lines}); outputs: 3; occurrences: {len(scan.hits)}")
-    assert scan.samples > 50 and debug_lines > 0 and read > 0
-    assert scan.hits == [], scan.hits[:5]
+    scan.assert_clean("the migration key's body, looked for during apply + status + migrate "
+                      "(salt-ssh)", read, outputs=3,
+                      debug_lines_in_ssh_log=debug_lines(saltcfg.SALT_DIR / "ssh.log"))
 
 
 def test_live_migration_with_a_copied_disk_and_with_a_shared_disk(at_base):

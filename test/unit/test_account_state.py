@@ -4,29 +4,18 @@ account's ~/.ssh handled as OpenSSH's StrictModes would (no link followed, no fo
 import copy
 import os
 import pwd
-import shutil
-import subprocess
 
 import pytest
 
-from kvmtestlib import SEED_PILLAR, fake_pubkey, formula_values, load_module, utils_dunder
+from kvmtestlib import (SEED_PILLAR, fake_pubkey, formula_values, load_module, utils_dunder,
+                        visudo_run_all)
 
 model = load_module("_modules", "kvmcluster_model")
 account = load_module("_states", "kvmcluster_account")
 DEFAULTS = formula_values()["cluster"]
 KEY = fake_pubkey("operator", comment="op@mgmt")
 SITE = fake_pubkey("site", comment="site@host")
-VISUDO = shutil.which("visudo") or "/usr/sbin/visudo"
-
-
-def _visudo(argv, **_kw):
-    if not os.path.exists(VISUDO):
-        text = open(argv[-1], encoding="utf-8").read()
-        ok = all(ln.startswith("#") or " ALL=(ALL:ALL) NOPASSWD: ALL" in ln
-                 for ln in text.splitlines() if ln)
-        return {"retcode": 0 if ok else 1, "stdout": "", "stderr": "syntax error"}
-    res = subprocess.run([VISUDO, *argv[1:]], capture_output=True, text=True, check=False)
-    return {"retcode": res.returncode, "stdout": res.stdout, "stderr": res.stderr}
+_visudo = visudo_run_all
 
 
 class Host:

@@ -6,22 +6,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kvmtestlib import SEED_PILLAR, formula_values, load_module
+from kvmtestlib import SEED_PILLAR, edit_pillar, formula_values, load_module
 
 CASES = yaml.safe_load((Path(__file__).parents[1] / "data/hostile_pillars.yaml").read_text())
 model = load_module("_modules", "kvmcluster_model")
 DEFAULTS = formula_values()["cluster"]
 
 
-def edit(tree, changes):
-    tree = copy.deepcopy(tree)
-    for path, value in changes.items():
-        keys = path.split(":")
-        cur = tree
-        for k in keys[:-1]:
-            cur = cur.setdefault(k, {})
-        cur[keys[-1]] = value
-    return tree
+edit = edit_pillar
 
 
 def test_the_corpus_covers_every_class():

@@ -2,12 +2,11 @@
 and the account's keys and sudoers (visudo is the real one where this machine has it)."""
 import copy
 import os
-import shutil
-import subprocess
 
 import pytest
 
-from kvmtestlib import SEED_PILLAR, fake_pubkey, formula_values, load_module, utils_dunder
+from kvmtestlib import (SEED_PILLAR, fake_pubkey, formula_values, load_module, utils_dunder,
+                        visudo_run_all)
 
 model = load_module("_modules", "kvmcluster_model")
 dns_mod = load_module("_modules", "kvmcluster_dns")
@@ -202,18 +201,6 @@ def test_not_a_management_node_does_nothing():
 
 # ---- sudoers and keys ------------------------------------------------------------------
 
-VISUDO = shutil.which("visudo") or "/usr/sbin/visudo"
-
-
-def visudo_run_all(argv, **_kw):
-    if not os.path.exists(VISUDO):
-        # Without sudo on this machine: a stand-in that refuses what visudo refuses here.
-        text = open(argv[-1], encoding="utf-8").read()
-        ok = all(ln.startswith("#") or " ALL=(ALL:ALL) NOPASSWD: ALL" in ln
-                 for ln in text.splitlines() if ln)
-        return {"retcode": 0 if ok else 1, "stdout": "", "stderr": "syntax error"}
-    res = subprocess.run([VISUDO, *argv[1:]], capture_output=True, text=True, check=False)
-    return {"retcode": res.returncode, "stdout": res.stdout, "stderr": res.stderr}
 
 
 def test_sudoers_refused_by_visudo_is_never_installed(tmp_path, monkeypatch):

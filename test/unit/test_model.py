@@ -1,5 +1,4 @@
 """The cluster model: the seed's pillar is valid, and every bad pillar fails with its message."""
-import copy
 import ipaddress
 from pathlib import Path
 
@@ -8,26 +7,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvmtestlib import SEED_PILLAR, formula_values, load_module
+from kvmtestlib import SEED_PILLAR, edit_pillar, formula_values, load_module
 
 CASES = yaml.safe_load((Path(__file__).parents[1] / "data/bad_pillars.yaml").read_text())
-DELETE = "~DELETE~"
 model = load_module("_modules", "kvmcluster_model")
 DEFAULTS = formula_values()["cluster"]
-
-
-def edit(tree, changes):
-    tree = copy.deepcopy(tree)
-    for path, value in changes.items():
-        keys = path.split(":")
-        cur = tree
-        for k in keys[:-1]:
-            cur = cur.setdefault(k, {})
-        if value == DELETE:
-            cur.pop(keys[-1], None)
-        else:
-            cur[keys[-1]] = value
-    return tree
+edit = edit_pillar
 
 
 def test_corpus_is_large_enough():
