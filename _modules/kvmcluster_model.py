@@ -574,8 +574,8 @@ def _check_cluster(errors, c):
         keys.append(canon)
     if isinstance(acct.get("ssh_keys"), list):
         acct["ssh_keys"] = keys
-    # Strictly true or false: a string 'false' or 'no' is not a way to grant NOPASSWD ALL.
-    _bool(errors, None, f"{ROOT}:account:sudo", acct.get("sudo"))
+    # account:sudo is strictly true or false (_check_booleans): a string 'false' or 'no'
+    # is not a way to grant NOPASSWD ALL.
     if acct.get("state", "present") not in ("present", "absent"):
         errors.add(None, f"{ROOT}:account:state", f"{_q(acct.get('state'))} must be present "
                    "or absent (absent: its sudoers file and the formula's keys are removed)")

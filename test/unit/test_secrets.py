@@ -25,7 +25,9 @@ def _pillar():
 
 
 def _leaks(text):
-    return [w for w in (BODY, BODY[::-1], BODY[10:40]) if w in text]
+    """Any 16 characters of the key's body (a message quoting its first line is a leak)."""
+    pieces = [line[i:i + 16] for line in (BODY, BODY[::-1]) for i in range(0, len(line) - 15, 4)]
+    return [w for w in pieces if w in text]
 
 
 def test_the_secret_marks_are_one_list():
