@@ -934,7 +934,25 @@ def _check_migration(errors, c, nodes):
                        "`salt-run kvmcluster.host_keys` prints every node's)")
 
 
+def _check_resolvers(errors, c, nodes):
+    """A node whose bridge the formula configures gets its resolvers from the model: none
+    would leave it without DNS after the takeover (resolv.conf with no nameserver). Refused
+    unless the site's DNS is declared (dns:external) and serves the node otherwise."""
+    if c["network"].get("manage") is not True or (c.get("dns") or {}).get("external") is True:
+        return
+    for name, n in nodes.items():
+        if n.get("takeover") and not n.get("dns_servers") and n.get("ip"):
+            own = isinstance(c["nodes"].get(name), dict) and "dns_servers" in c["nodes"][name]
+            errors.add(name, f"{ROOT}:nodes:{name}:dns_servers" if own
+                       else f"{ROOT}:dns_servers",
+                       "no DNS server for a node whose network the formula configures: list "
+                       "the management nodes' addresses (they serve the cluster's DNS), or "
+                       f"set {ROOT}:dns:external: true where the site's resolvers are "
+                       "configured otherwise")
+
+
 def _check_across(errors, c, nodes):
+    _check_resolvers(errors, c, nodes)
     seen_ip, seen_mac, seen_host = {}, {}, {}
     gw = str(c.get("gateway")) if c.get("gateway") is not None else None
     for name, n in nodes.items():
