@@ -146,6 +146,16 @@ def _unwrap(raw):
     return raw, None
 
 
+class NoTarget(CommandExecutionError):
+    """The target matches no node: an answer from nobody is not "the nodes agree"."""
+
+
+def _none_matched(tgt, tgt_type, ssh):
+    where = "the roster" if ssh else "the master's accepted minions"
+    return NoTarget(f"target {tgt!r} ({tgt_type}) matches no node of {where}; nothing was "
+                    "asked")
+
+
 def _call(fun, tgt="*", tgt_type="glob", ssh=False, timeout=60, arg=(), kwarg=None):
     """``fun`` on the targeted nodes: ``({node: return}, {node: why it did not answer})``.
     Bounded: salt-ssh's connection timeout, the master's job timeout."""
@@ -154,6 +164,8 @@ def _call(fun, tgt="*", tgt_type="glob", ssh=False, timeout=60, arg=(), kwarg=No
         from salt.client.ssh.client import SSHClient  # pylint: disable=import-outside-toplevel
 
         expected = sorted(_ssh_targets(tgt, tgt_type))
+        if not expected:
+            raise _none_matched(tgt, tgt_type, ssh)
         # salt-ssh connects with ConnectTimeout = ssh_timeout + timeout (60 s more by
         # default): here the connection gets the bound, at most 30 s, nothing added.
         client = SSHClient(mopts=dict(__opts__, ssh_timeout=min(int(timeout), 30), timeout=0))
@@ -163,6 +175,8 @@ def _call(fun, tgt="*", tgt_type="glob", ssh=False, timeout=60, arg=(), kwarg=No
 
         expected = sorted(salt.utils.minions.CkMinions(__opts__).check_minions(
             tgt, tgt_type)["minions"])
+        if not expected:
+            raise _none_matched(tgt, tgt_type, ssh)
         local = salt.client.get_local_client(__opts__["conf_file"])
         got = local.cmd(tgt, fun, arg=list(arg), tgt_type=tgt_type, timeout=timeout,
                         kwarg=kwarg) or {}
@@ -211,8 +225,11 @@ def _call_model(fun, tgt="*", tgt_type="glob", ssh=False, timeout=60, arg=(), kw
     if not ssh:
         return _call(fun, tgt, tgt_type, ssh, timeout, arg, kwarg)
     groups = {}
-    withhold = __utils__["kvmcluster_safe.withhold"]
-    for node in sorted(_ssh_targets(tgt, tgt_type)):
+    withhold = _util("kvmcluster_safe.withhold")
+    targets = sorted(_ssh_targets(tgt, tgt_type))
+    if not targets:
+        raise _none_matched(tgt, tgt_type, ssh)
+    for node in targets:
         # The node gets its model, never a secret: the call's arguments are in its process
         # list while it runs, in this master's job cache and in debug logs.
         cluster = json.dumps(withhold(_node_pillar(node).get(ROOT) or {}), sort_keys=True,
@@ -226,8 +243,20 @@ def _call_model(fun, tgt="*", tgt_type="glob", ssh=False, timeout=60, arg=(), kw
     return answered, missing
 
 
+def _util(name):
+    """A function of the formula's ``_utils``, or the reason it is missing: the runner and
+    its helpers are synced apart (a KeyError would tell the operator nothing)."""
+    try:
+        return __utils__[name]
+    except KeyError:
+        raise CommandExecutionError(
+            f"the kvmcluster runner's helpers are not loaded ({name}): run `salt-run "
+            "saltutil.sync_all` (or sync_runners and sync_utils) on the master, or point "
+            "runner_dirs and utils_dirs at the formula's _runners and _utils") from None
+
+
 def _cluster():
-    return __utils__["kvmcluster_cluster.findings"], __utils__["kvmcluster_cluster.table"]
+    return _util("kvmcluster_cluster.findings"), _util("kvmcluster_cluster.table")
 
 
 def status(tgt="*", tgt_type="glob", ssh=False, timeout=60, table=True):
@@ -253,10 +282,16 @@ def status(tgt="*", tgt_type="glob", ssh=False, timeout=60, table=True):
         salt-run kvmcluster.status
         salt-run kvmcluster.status ssh=True --out=json
     """
-    findings, render = _cluster()
-    sent = time.time()
-    answered, missing = _call_model("kvmcluster_report.node", tgt, tgt_type, ssh,
-                                    int(timeout))
+    try:
+        findings, render = _cluster()
+        sent = time.time()
+        answered, missing = _call_model("kvmcluster_report.node", tgt, tgt_type, ssh,
+                                        int(timeout))
+    except CommandExecutionError as exc:
+        # Said plainly, exit code 1 (not a traceback, not "the nodes agree").
+        if __opts__.get("output") in (None, "nested", "txt", "highstate"):
+            print(f"kvmcluster.status: {exc}")
+        return _failed({"error": str(exc)})
     window = (sent, time.time())
     reports = dict(answered)
     reports.update({n: {"node": n, "unreachable": why} for n, why in missing.items()})

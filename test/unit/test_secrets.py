@@ -84,3 +84,4 @@ def test_no_message_quotes_a_secret_wherever_it_was_put():
         text = "\n".join(str(e) for e in errors)
         assert _leaks(text) == [], (top, sub, text[:300])
         assert re.search(r"kvmcluster:", text)
+
