@@ -1569,20 +1569,23 @@ ROSTER_SSH_OPTIONS = ["ControlMaster=auto", "ControlPath=~/.kvmcluster-ssh-%C",
                       "ControlPersist=60"]
 
 
-def roster(parameters=None, priv=None, user=None, reuse=True):
+def roster(parameters=None, priv=None, user=None, reuse=True, path=None):
     """
     A salt-ssh roster for the nodes of the model, so the operator keeps one list: host = the
     node's address, user = the model's account (or ``user``), with sudo when that is not
     root, and ``set_path`` so that sudo finds the system tools. The model is validated first.
     With ``reuse`` (default) each entry reuses its SSH connection (ControlMaster; sockets
     ``~/.kvmcluster-ssh-*`` while a connection lasts); ``reuse=False`` leaves SSH's defaults.
+    With ``path`` the roster is written there, ready for salt-ssh (mode 0600, replaced
+    atomically), and the node names are returned; without it the roster is returned (under
+    salt-call's ``local:`` key: not a roster file as printed).
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt-call --local kvmcluster_model.roster --out=yaml > /etc/salt/roster
-        salt-call --local kvmcluster_model.roster priv=/root/.ssh/kvmcluster --out=yaml
+        salt-call --local kvmcluster_model.roster path=/etc/salt/roster
+        salt-call --local kvmcluster_model.roster priv=/root/.ssh/kvmcluster path=/etc/salt/roster
     """
     render = render_errors(__pillar__)
     if render:
@@ -1602,4 +1605,28 @@ def roster(parameters=None, priv=None, user=None, reuse=True):
         if reuse:
             entry["ssh_options"] = list(ROSTER_SSH_OPTIONS)
         out[name] = entry
+    if path:
+        _write_roster(path, out)
+        return {"written": path, "nodes": sorted(out)}
     return out
+
+
+def _write_roster(path, data):
+    import os  # pylint: disable=import-outside-toplevel
+    import tempfile  # pylint: disable=import-outside-toplevel
+
+    import yaml  # pylint: disable=import-outside-toplevel
+
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise CommandExecutionError(f"path={_q(path)}: give the roster file's absolute path")
+    fd, tmp = tempfile.mkstemp(prefix=".roster-", dir=os.path.dirname(path) or "/")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write("# salt-ssh roster from the kvmcluster model "
+                     "(kvmcluster_model.roster path=...).\n")
+            yaml.safe_dump(data, fh, default_flow_style=False, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -177,3 +177,20 @@ def test_render_errors_first_as_salt_hands_the_pillar(wrap):
                            "render") as exc:
             call()
         assert "subnets" not in str(exc.value)
+
+
+def test_the_roster_written_ready_for_salt_ssh(tmp_path):
+    """``path=``: the file salt-ssh reads, one entry per node at the top (no ``local:``
+    wrapper as salt-call's output has), 0600."""
+    model.__pillar__ = {"kvmcluster": SEED_PILLAR["kvmcluster"]}
+    target = tmp_path / "roster"
+    got = model.roster(parameters=formula_values(), path=str(target))
+    assert got == {"written": str(target), "nodes": ["kvm01", "kvm02", "kvm03", "mgmt01",
+                                                      "mgmt02"]}
+    data = yaml.safe_load(target.read_text())
+    assert sorted(data) == got["nodes"]
+    assert data["kvm02"]["host"] == "172.30.10.42" and data["kvm02"]["sudo"] is True
+    assert oct(target.stat().st_mode & 0o777) == "0o600"
+    assert [p.name for p in tmp_path.iterdir()] == ["roster"]
+    with pytest.raises(model.CommandExecutionError, match="absolute path"):
+        model.roster(parameters=formula_values(), path="roster")
