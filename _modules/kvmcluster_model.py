@@ -90,7 +90,9 @@ SECRETS = (("migration", "ssh", "private_key"),)
 WITHHELD = "withheld (a secret stays on the management node)"
 # Smallest cluster subnets that make sense (a wider one is a typo or a grant to the world).
 SUBNET_MIN_PREFIX = {4: 8, 6: 16}
-_POOL_NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,64}\Z", re.A)
+# Pool, volume, image and network names: also file names in a pool's directory, so never
+# "." or "..".
+_POOL_NAME = re.compile(r"^(?!\.\.?\Z)[A-Za-z0-9_.+-]{1,64}\Z", re.A)
 
 
 def __virtual__():
