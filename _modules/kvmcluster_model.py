@@ -654,6 +654,9 @@ def _check_cluster(errors, c):
     if mig.get("transport") == "ssh" and priv is not None and not acct.get("name"):
         errors.add(None, f"{ROOT}:account:name", "migration over SSH logs in to the nodes' "
                    "account: name it (kvmcluster:account:name)")
+    elif mig.get("transport") == "ssh" and priv is not None and acct.get("state") == "absent":
+        errors.add(None, f"{ROOT}:account:state", "absent, but migration over SSH logs in to "
+                   "this account: remove migration:ssh too, or keep the account")
     if mig.get("transport") == "tls" and not (lv.get("tls") or {}).get("enabled"):
         errors.add(None, f"{ROOT}:migration:transport", "tls needs libvirt TLS "
                    "(kvmcluster:libvirt:tls:enabled: true)")

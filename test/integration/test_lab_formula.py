@@ -80,6 +80,31 @@ def test_bad_pillar_touches_no_node(lab):
     assert after == before
 
 
+def test_pillar_that_did_not_render_is_reported_first_and_touches_no_node(lab):
+    """A YAML error in the pillar file: the management node's check says so first (not
+    "no subnets"), salt-ssh's apply stops on every node before any state, /etc unchanged."""
+    before = {n: etc_fingerprint(lab, n) for n in NODES}
+    text = (saltcfg.PILLAR_DIR / "kvmcluster.sls").read_text()
+    broken = text.replace("  subnets:\n", "  subnets: [\n", 1)
+    assert broken != text
+    (saltcfg.PILLAR_DIR / "kvmcluster.sls").write_text(broken)
+    try:
+        validated = lab.validate()
+        proc = saltcfg.salt_ssh("*", "state.apply", "kvmcluster", "--out=json", "--static",
+                                timeout=900)
+    finally:
+        lab.reset_pillar()
+    assert validated.returncode == 1
+    first = next(ln for ln in validated.stdout.splitlines() if "[cluster]" in ln)
+    assert "pillar: did not render, fix it first" in first, validated.stdout[-1500:]
+    assert "subnets" not in validated.stdout.split("did not render")[0]
+    assert proc.returncode != 0
+    got = json.loads(proc.stdout[proc.stdout.find("{"):])
+    for n in NODES:
+        assert "Pillar failed to render" in json.dumps(got[n]), (n, str(got[n])[:500])
+    assert {n: etc_fingerprint(lab, n) for n in NODES} == before
+
+
 def test_test_mode_predicts_the_real_run_then_zero_changes(lab):
     predicted, proc = lab.apply("kvmcluster", "test=True")
     assert proc.returncode == 0, proc.stdout[-3000:]
