@@ -140,8 +140,10 @@ def test_the_migration_key_never_leaves_pillar_in_master_mode(master_lab):
     scan.text("status", status.stdout + status.stderr)
     minion_logs = [paths.HOME / "nodes" / n / "root" / "var" / "log" / "salt" for n in NODES]
     jobs = master.MASTER_DIR / "root" / "cache" / "jobs"
-    read = scan.files(master.MASTER_DIR / "master.log", jobs, *minion_logs)
+    # Salt puts its log file under root_dir (wherever log_file points).
+    master_log = next(master.MASTER_DIR.rglob("master.log"))
+    read = scan.files(master_log, jobs, *minion_logs)
     cached = sum(1 for _ in jobs.rglob("*") if _.is_file())
     scan.assert_clean("the migration key's body, looked for during highstate + status "
                       "(salt-master)", read, outputs=2, job_cache_files=cached,
-                      master_debug_lines=debug_lines(master.MASTER_DIR / "master.log"))
+                      master_debug_lines=debug_lines(master_log))

@@ -401,11 +401,13 @@ def test_the_migration_key_never_leaves_the_management_node(at_base):
     logs = [paths.HOME / "nodes" / n / "root" / "var" / "log" for n in NODES]
     # The job cache, where salt keeps calls' arguments and returns (the pillar source and
     # the file client's copy of it are the management node's own, and stay there).
-    read = scan.files(saltcfg.SALT_DIR / "master.log", saltcfg.SALT_DIR / "ssh.log",
-                      saltcfg.SALT_DIR / "root" / "cache" / "jobs", *logs)
+    # Salt puts its log files under root_dir (wherever log_file points).
+    salt_logs = sorted(saltcfg.SALT_DIR.rglob("*.log"))
+    ssh_log = next(p for p in salt_logs if p.name == "ssh.log")
+    read = scan.files(*salt_logs, saltcfg.SALT_DIR / "root" / "cache" / "jobs", *logs)
     scan.assert_clean("the migration key's body, looked for during apply + status + migrate "
                       "(salt-ssh)", read, outputs=3,
-                      debug_lines_in_ssh_log=debug_lines(saltcfg.SALT_DIR / "ssh.log"))
+                      debug_lines_in_ssh_log=debug_lines(ssh_log))
 
 
 def test_live_migration_with_a_copied_disk_and_with_a_shared_disk(at_base):
