@@ -144,23 +144,44 @@ def share(mountpoint, node=None, fstype_expected=None):
     out["qemu_user"] = user.pw_name if user else None
     if not out["mounted"] or user is None:
         return out
-    probe = os.path.join(mountpoint, f".kvmcluster-probe-{node}")
-    # In a child with a timeout: a hard NFS mount of a server that is gone blocks forever.
-    script = ("import os,sys\np=sys.argv[1]\nfd=os.open(p,os.O_WRONLY|os.O_CREAT|os.O_TRUNC,0o600)"
-              "\nos.close(fd)\nos.chown(p,int(sys.argv[2]),int(sys.argv[3]))\n")
-    py = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else "python3"
-    rc, _, err = _run([py, "-c", script, probe, str(user.pw_uid), str(user.pw_gid)])
-    if rc != 0:
-        out["error"] = f"root cannot create a file there and give it to {user.pw_name}: " \
-                       f"{err.strip().splitlines()[-1] if err.strip() else 'failed'}"
-    else:
-        rc, _, err = _run(["runuser", "-u", user.pw_name, "--", "dd", f"of={probe}",
-                           "conv=notrunc,fsync", "status=none"], stdin="kvmcluster\n")
-        out["writable"] = rc == 0
-        if rc != 0:
-            out["error"] = f"{user.pw_name} cannot write there: {err.strip() or 'failed'}"
-    _run(["rm", "-f", probe])
+    writable, error = _probe(mountpoint, user)
+    out["writable"] = writable
+    if error:
+        out["error"] = error
     return out
+
+
+# Root makes the probe under a name nobody can guess, never through a link (O_EXCL and
+# O_NOFOLLOW: whoever writes to the share could plant one at a known name), and gives it
+# to the QEMU account through its descriptor. In a child with a timeout: a hard NFS mount
+# of a server that is gone blocks forever.
+_PROBE_PY = """import os, secrets, sys
+name = ".kvmcluster-probe-" + secrets.token_hex(8)
+fd = os.open(os.path.join(sys.argv[1], name),
+             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+os.fchown(fd, int(sys.argv[2]), int(sys.argv[3]))
+os.close(fd)
+print(name)
+"""
+
+
+def _probe(mountpoint, user):
+    """(writable, error): root creates a file on the share and gives it to ``user`` (the
+    QEMU account), which writes it, as libvirt works with a volume. The file is removed."""
+    py = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else "python3"
+    rc, made, err = _run([py, "-c", _PROBE_PY, mountpoint, str(user.pw_uid),
+                          str(user.pw_gid)])
+    if rc != 0:
+        return False, (f"root cannot create a file there and give it to {user.pw_name}: "
+                       f"{err.strip().splitlines()[-1] if err.strip() else 'failed'}")
+    probe = os.path.join(mountpoint, made.strip())
+    rc, _, err = _run(["runuser", "-u", user.pw_name, "--", "dd", f"of={probe}",
+                       "conv=notrunc,fsync", "status=none"], stdin="kvmcluster\n")
+    # rm removes a link put in the file's place, never its target.
+    _run(["rm", "-f", "--", probe])
+    if rc != 0:
+        return False, f"{user.pw_name} cannot write there: {err.strip() or 'failed'}"
+    return True, None
 
 
 # ---- libvirt --------------------------------------------------------------------------

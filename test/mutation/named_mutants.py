@@ -249,6 +249,12 @@ MUTS.update({
     "a drop-in dnsmasq refuses is installed": (
         "_states/kvmcluster_dns.py", MANAGEMENT,
         "            __salt__[\"kvmcluster_dns.check_conf\"](want[\"conf\"])\n", "            pass\n"),
+    "the share probe at a known name, through a link": (
+        "_modules/kvmcluster_report.py", "test/unit/test_cluster_view.py",
+        'name = ".kvmcluster-probe-" + secrets.token_hex(8)\nfd = os.open(os.path.join(sys.argv[1], name),\n'
+        '             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)',
+        'name = ".kvmcluster-probe-kvm01"\nfd = os.open(os.path.join(sys.argv[1], name),\n'
+        '             os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)'),
     "the migration key reaches a shell": (
         "_states/kvmcluster_account.py", "test/unit/test_migration_unit.py",
         "MIGRATION_COMMAND = \"/usr/bin/virt-ssh-helper qemu:///system\"",

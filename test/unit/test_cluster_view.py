@@ -2,6 +2,7 @@
 shaped as ``kvmcluster_report.node`` returns them: a converged cluster has no errors, and
 each way a cluster breaks is named with its node."""
 import copy
+import os
 
 from kvmtestlib import load_module
 
@@ -181,3 +182,33 @@ def test_a_share_that_is_not_mounted_is_said_so(tmp_path):
 
 def test_a_missing_bridge_is_said_so():
     assert rep_mod.bridge("kvmnosuchbr0") == {"name": "kvmnosuchbr0", "exists": False}
+
+
+def test_the_share_probe_never_follows_a_planted_link(tmp_path):
+    """Whoever writes to the share may plant links at names root would use: the probe's
+    name is random, made with O_EXCL|O_NOFOLLOW and given away through its descriptor, so
+    a planted link's target keeps its owner and content."""
+    import pwd
+    import shutil
+
+    if shutil.which("runuser") is None:
+        import pytest
+        pytest.skip("runuser is not on this machine")
+    share = tmp_path / "share"
+    share.mkdir()
+    share.chmod(0o777)
+    victim = tmp_path / "shadow"
+    victim.write_text("root:$6$secret:19000::::::\n")
+    victim.chmod(0o640)
+    os.chown(victim, 12345, 12345)  # a chown through the link would show
+    for name in (".kvmcluster-probe-kvm01", ".kvmcluster-probe-kvm02", ".kvmcluster-probe"):
+        (share / name).symlink_to(victim)
+    # The account this test can run as below its temporary root (whose parents are 0700).
+    me = pwd.getpwuid(os.getuid())
+    writable, error = rep_mod._probe(str(share), me)
+    assert (writable, error) == (True, None)
+    st = victim.stat()
+    assert st.st_uid == 12345 and oct(st.st_mode & 0o777) == "0o640"
+    assert victim.read_text() == "root:$6$secret:19000::::::\n"
+    assert sorted(p.name for p in share.iterdir()) == [
+        ".kvmcluster-probe", ".kvmcluster-probe-kvm01", ".kvmcluster-probe-kvm02"]
