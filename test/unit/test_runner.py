@@ -28,3 +28,20 @@ def test_status_without_its_helpers_says_what_to_sync(monkeypatch, capsys):
     assert out["retcode"] == 1
     assert "helpers are not loaded (kvmcluster_cluster.findings)" in out["error"]
     assert "saltutil.sync_all" in out["error"]
+
+
+def test_through_a_master_the_runner_sends_no_pillar_at_all(monkeypatch):
+    """Master mode: the minions compile their own pillar; the runner's calls for status and
+    for each step of a migration carry the formula's defaults only."""
+    import json
+
+    sent = []
+    monkeypatch.setattr(runner, "_parameters", lambda: formula_values())
+    monkeypatch.setattr(runner, "_call", lambda fun, tgt, tt, ssh, timeout, arg, kwarg: (
+        sent.append((fun, ssh, kwarg)) or ({tgt: {"node": tgt}}, {})))
+    runner._call_model("kvmcluster_report.node", "*", "glob", ssh=False)
+    runner._one("kvmcluster_migration.plan", "kvm01", False, 60, arg=["vm1"])
+    assert [s[0] for s in sent] == ["kvmcluster_report.node", "kvmcluster_migration.plan"]
+    for fun, ssh, kwarg in sent:
+        assert ssh is False and sorted(kwarg) == ["parameters"], (fun, sorted(kwarg))
+        assert json.loads(kwarg["parameters"]) == formula_values()
