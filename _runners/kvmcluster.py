@@ -259,7 +259,7 @@ def _cluster():
     return _util("kvmcluster_cluster.findings"), _util("kvmcluster_cluster.table")
 
 
-def status(tgt="*", tgt_type="glob", ssh=False, timeout=60, table=True):
+def status(tgt="*", tgt_type="glob", ssh=False, timeout=60, table=True, columns="default"):
     """
     The cluster at a glance: one report per node (``kvmcluster_report.node``: the bridge
     and its port, MTU, libvirtd, pools, the share, VMs, CPU, versions, a pending network
@@ -274,12 +274,16 @@ def status(tgt="*", tgt_type="glob", ssh=False, timeout=60, table=True):
         Reach the nodes with salt-ssh and the roster instead of the minions.
     table
         Print the table (``--out=json`` gets the data either way).
+    columns
+        ``default``: the columns that fit 120 characters (CPU, versions and clocks that
+        disagree are findings below it); ``all``: every column.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-run kvmcluster.status
+        salt-run kvmcluster.status columns=all
         salt-run kvmcluster.status ssh=True --out=json
     """
     try:
@@ -300,7 +304,7 @@ def status(tgt="*", tgt_type="glob", ssh=False, timeout=60, table=True):
     retcode = int(any(f["level"] == "error" for f in found))
     __context__["retcode"] = retcode
     if table and __opts__.get("output") in (None, "nested", "txt", "highstate"):
-        print(render(reports, found, window))
+        print(render(reports, found, window, wide=columns == "all"))
         return {"errors": sum(f["level"] == "error" for f in found),
                 "warnings": sum(f["level"] == "warning" for f in found), "retcode": retcode}
     return {"nodes": reports, "findings": found, "window": list(window), "retcode": retcode}

@@ -224,18 +224,27 @@ def _gib(n):
     return f"{n / GIB:.0f}G" if isinstance(n, (int, float)) else "?"
 
 
-def _pool_cell(pool):
+def _pool_cell(pool, wide=True):
     if not pool:
         return "-"
     if not pool.get("active"):
         return "INACTIVE" if pool.get("defined") else "MISSING"
-    return f"{pool.get('path')} {_gib(pool.get('available'))} free"
+    # The path is the same on every node (a path that differs is a finding): narrow tables
+    # show the free space only.
+    return f"{pool.get('path')} {_gib(pool.get('available'))} free" if wide \
+        else f"{_gib(pool.get('available'))} free"
 
 
-def _port_cell(br):
+def _port_cell(br, wide=True):
     cells = []
     for port in br.get("ports") or []:
-        if port.get("kind") == "bond":
+        if port.get("kind") == "bond" and not wide:
+            # Slaves with link and in the aggregator, of all (each one missing is a finding).
+            slaves = port.get("slaves", [])
+            good = sum(1 for s in slaves if s.get("carrier")
+                       and s.get("lacp_in_aggregator") is not False)
+            cells.append(f"{port['name']} {good}/{len(slaves)}")
+        elif port.get("kind") == "bond":
             slaves = ",".join(
                 s["name"] + ("" if s.get("carrier") else "(down)")
                 + ("(no-lacp)" if s.get("lacp_in_aggregator") is False else "")
@@ -246,8 +255,13 @@ def _port_cell(br):
     return " ".join(cells) or "-"
 
 
-def row(name, rep, window=None):
-    """One node's cells, in the order of COLUMNS."""
+def row(name, rep, window=None, wide=True):
+    """One node's cells, in the order of COLUMNS (``wide``) or of NARROW."""
+    cells = _row(name, rep, window, wide)
+    return cells if wide else [c for c, h in zip(cells, COLUMNS) if h in NARROW]
+
+
+def _row(name, rep, window, wide):
     if rep.get("unreachable"):
         return [name, "UNREACHABLE"] + [""] * (len(COLUMNS) - 2)
     if rep.get("model_error"):
@@ -271,11 +285,11 @@ def row(name, rep, window=None):
     return [
         name,
         (f"{br.get('name')} " if br.get("exists") else "") + (addr or "-"),
-        _port_cell(br) if br.get("exists") else ("NO BRIDGE" if br else "-"),
+        _port_cell(br, wide) if br.get("exists") else ("NO BRIDGE" if br else "-"),
         str(br.get("mtu") or "-"),
         str(rep.get("libvirtd") or "-"),
-        _pool_cell(pools.get("primary")),
-        _pool_cell(pools.get("secondary")),
+        _pool_cell(pools.get("primary"), wide),
+        _pool_cell(pools.get("secondary"), wide),
         share_cell,
         f"{len(vms.get('running') or [])}/{len(vms.get('running') or []) + len(vms.get('stopped') or [])}"
         if lv else "-",
@@ -288,12 +302,18 @@ def row(name, rep, window=None):
 
 COLUMNS = ["NODE", "BRIDGE ADDRESS", "PORT", "MTU", "LIBVIRTD", "PRIMARY", "SECONDARY",
            "SHARE", "VMS RUN/ALL", "CPU", "LIBVIRT/QEMU", "NET TXN", "CLOCK"]
+# The default table fits a 120-column terminal: CPU, versions and clock disagree only as
+# findings (printed below the table); ``columns=all`` shows them per node.
+NARROW = ["NODE", "BRIDGE ADDRESS", "PORT", "MTU", "LIBVIRTD", "PRIMARY", "SECONDARY",
+          "SHARE", "VMS RUN/ALL", "NET TXN"]
 
 
-def table(reports, found, window=None):
-    """The cluster at a glance: one line per node, then the findings."""
-    rows = [COLUMNS] + [row(n, reports[n], window) for n in sorted(reports)]
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(COLUMNS))]
+def table(reports, found, window=None, wide=False):
+    """The cluster at a glance: one line per node (NARROW columns, or all when ``wide``),
+    then the findings."""
+    head = COLUMNS if wide else NARROW
+    rows = [head] + [row(n, reports[n], window, wide) for n in sorted(reports)]
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.append("")
     if not found:

@@ -212,3 +212,35 @@ def test_the_share_probe_never_follows_a_planted_link(tmp_path):
     assert victim.read_text() == "root:$6$secret:19000::::::\n"
     assert sorted(p.name for p in share.iterdir()) == [
         ".kvmcluster-probe", ".kvmcluster-probe-kvm01", ".kvmcluster-probe-kvm02"]
+
+
+def _bonded(reps):
+    for rep in reps.values():
+        rep["bridge"]["ports"] = [{
+            "name": "bond0", "kind": "bond", "mode": "802.3ad", "mtu": 9000,
+            "slaves": [{"name": "enp129s0f0np0", "carrier": True, "lacp_in_aggregator": True},
+                       {"name": "enp129s0f1np1", "carrier": True,
+                        "lacp_in_aggregator": True}]}]
+        rep["libvirt"]["cpu"]["model"] = "Icelake-Server-noTSX"
+    return reps
+
+
+def test_the_default_table_fits_120_columns_and_all_columns_come_on_request():
+    reps = _bonded(converged())
+    reps["kvm01"]["share"]["fstype"] = "nfs4"
+    narrow = cl.table(reps, [], WINDOW)
+    wide = cl.table(reps, [], WINDOW, wide=True)
+    print(f"table widths: {max(map(len, narrow.splitlines()))} default, "
+          f"{max(map(len, wide.splitlines()))} all")
+    assert max(len(ln) for ln in narrow.splitlines()) <= 120, narrow
+    assert narrow.splitlines()[0].split() == ["NODE", "BRIDGE", "ADDRESS", "PORT", "MTU",
+                                              "LIBVIRTD", "PRIMARY", "SECONDARY", "SHARE",
+                                              "VMS", "RUN/ALL", "NET", "TXN"]
+    assert "bond0 2/2" in narrow and "100G free" in narrow and "/data01/primary" not in narrow
+    assert max(len(ln) for ln in wide.splitlines()) > 120
+    for word in ("CPU", "LIBVIRT/QEMU", "CLOCK", "Icelake-Server-noTSX",
+                 "bond0[802.3ad:enp129s0f0np0,enp129s0f1np1]", "/data01/primary 100G free"):
+        assert word in wide, word
+    # A slave without link counts against the bond in the narrow table, too.
+    reps["kvm02"]["bridge"]["ports"][0]["slaves"][1]["carrier"] = False
+    assert "bond0 1/2" in cl.table(reps, [], WINDOW)
