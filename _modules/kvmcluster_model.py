@@ -124,7 +124,11 @@ def _printable(text):
 
 class _Errors(list):
     def add(self, node, key, reason):
-        self.append(ModelError(_printable(node or "cluster"), _printable(key), reason))
+        err = ModelError(_printable(node or "cluster"), _printable(key), reason)
+        # Checks may overlap (the schema's switch check and a section's own, the bridge
+        # checked for the cluster and for each node): one reason is said once.
+        if not any(str(e) == str(err) for e in self):
+            self.append(err)
 
 
 # ---- small helpers ------------------------------------------------------------------
@@ -323,7 +327,7 @@ def build(pillar, defaults, self_id=None, self_os_family=None):
     return model, _without_secrets(errors, pillar)
 
 
-def _secret_words(pillar, depth=0):
+def _secret_words(pillar):
     """The words (8 characters or more) of the secrets in ``pillar``: the values at the
     secret keys, and any string that holds a private key, wherever it was put."""
     texts = []
@@ -348,7 +352,7 @@ def _secret_words(pillar, depth=0):
         elif isinstance(node, str) and "PRIVATE KEY" in node:
             texts.append(node)
 
-    walk(pillar, depth)
+    walk(pillar, 0)
     return {w for t in texts for w in re.split(r"[\s'\"\\]+|\\n", t) if len(w) >= 8}
 
 
@@ -449,7 +453,8 @@ def _node_ids(errors, nodes):
 
 def _check_booleans(errors, path, data, default):
     """Every key whose default is true or false takes exactly true or false: a string
-    'false' or 'no' is truthy in code, and must never turn a switch on."""
+    'false' or 'no' is truthy in code, and must never turn a switch on. The one check of
+    the cluster's switches (per-node and per-VM ones are checked with their entries)."""
     if not isinstance(data, dict) or not isinstance(default, dict):
         return
     for k, d in default.items():
@@ -488,7 +493,7 @@ def _check_lookup(errors, lookup, path=f"{ROOT}:lookup", depth=0):
         if not _LOOKUP_VALUE.match(lookup) or "/../" in lookup + "/" or "//" in lookup:
             errors.add(None, path, f"{_q(lookup)} is not a package, unit or file name "
                        "(letters, digits, _@+.:=-/, not starting with -)")
-    elif depth == 0 or not isinstance(lookup, (bool, int, float)):
+    elif not isinstance(lookup, (bool, int, float)):
         errors.add(None, path, f"must be a mapping of formula parameters, got {_q(lookup)}")
 
 
@@ -534,8 +539,6 @@ def _check_cluster(errors, c):
                    + ", ".join(sorted(BACKENDS)) + _suggest(backend, set(BACKENDS) | {"auto"}))
     _int(errors, None, f"{ROOT}:network:rollback_timeout", c["network"].get("rollback_timeout"),
          30, 3600)
-    _bool(errors, None, f"{ROOT}:network:manage", c["network"].get("manage"))
-    _bool(errors, None, f"{ROOT}:network:ipv6_autoconf", c["network"].get("ipv6_autoconf"))
     if not _one_of(c["network"].get("confirm"), CONFIRM_MODES):
         errors.add(None, f"{ROOT}:network:confirm", f"{_q(c['network'].get('confirm'))} must be "
                    "auto (the node confirms itself when its management peer answers) or manual")
@@ -561,7 +564,6 @@ def _check_cluster(errors, c):
     if acct.get("name") is not None and not (isinstance(acct["name"], str)
                                              and _USER.match(acct["name"])):
         errors.add(None, f"{ROOT}:account:name", f"{_q(acct['name'])} is not a valid user name")
-    _bool(errors, None, f"{ROOT}:account:create", acct.get("create"))
     for i, g in enumerate(_list(errors, None, f"{ROOT}:account:groups", acct.get("groups"))):
         if not (isinstance(g, str) and _USER.match(g)):
             errors.add(None, f"{ROOT}:account:groups:{i}", f"{_q(g)} is not a valid group name")
@@ -611,16 +613,11 @@ def _check_cluster(errors, c):
             errors.add(None, f"{ROOT}:libvirt:{k}", f"{lv[k]} gives every local account the "
                        "read-write libvirt socket (root on the node); other users need 0 "
                        "(e.g. '0770', the socket group's members only)")
-    _bool(errors, None, f"{ROOT}:libvirt:apparmor_pool_access", lv.get("apparmor_pool_access"))
-    _bool(errors, None, f"{ROOT}:firewall:manage", c["firewall"].get("manage"))
-    _bool(errors, None, f"{ROOT}:packages:install_recommends",
-          c["packages"].get("install_recommends"))
     extra = c["packages"].get("extra")
     if not (isinstance(extra, list) and all(isinstance(p, str) and _PKG.match(p) for p in extra)):
         errors.add(None, f"{ROOT}:packages:extra",
                    f"{_q(extra)} must be a list of package names")
     mig = c["migration"]
-    _bool(errors, None, f"{ROOT}:migration:enabled", mig.get("enabled"))
     ports = mig.get("ports")
     if not (isinstance(ports, list) and len(ports) == 2
             and all(isinstance(p, int) and not isinstance(p, bool) for p in ports)
@@ -671,7 +668,6 @@ def _check_cluster(errors, c):
             errors.add(None, f"{ROOT}:libvirt_python:{k}", f"{_q(v)} must be an http(s):// or "
                        "file:// URL or null")
     tls = lv.get("tls") or {}
-    _bool(errors, None, f"{ROOT}:libvirt:tls:enabled", tls.get("enabled"))
     for k in ("cert_file", "key_file", "ca_file"):
         _path_ok(errors, None, f"{ROOT}:libvirt:tls:{k}", tls.get(k))
     return subnets
@@ -998,7 +994,6 @@ def _check_storage(errors, c, nodes, subnets=()):
     mf = pri.get("min_free_gb")
     if isinstance(mf, bool) or not isinstance(mf, (int, float)) or mf < 0:
         errors.add(None, f"{k}:primary:min_free_gb", f"{_q(mf)} must be a number >= 0")
-    _bool(errors, None, f"{k}:secondary:enabled", sec.get("enabled"))
     if sec.get("enabled") is not True:
         return
     servers = [n for n, v in nodes.items() if "nfs_server" in v.get("roles", [])]
@@ -1134,7 +1129,6 @@ def _check_dns_dhcp(errors, c, nodes, subnets):
         mgmt_addrs.update(a for a in [n.get("ip"), *[x.split("/")[0] for x in
                                                       n.get("address6") or []]] if a)
     dns, dhcp = c["dns"], c["dhcp"]
-    _bool(errors, None, f"{k}:dns:external", dns.get("external"))
     upstream = []
     for i, u in enumerate(_list(errors, None, f"{k}:dns:upstream", dns.get("upstream"))):
         upstream.append(str(_addr(errors, None, f"{k}:dns:upstream:{i}", u)))

@@ -8,6 +8,7 @@ metacharacters is refused, and nothing is written. Pure code: no Salt, no host.
 
 Each writer names its grammar (``SPEC``): which characters a value may hold there.
 """
+import copy
 import re
 import unicodedata
 
@@ -113,8 +114,6 @@ WITHHELD = "withheld (a secret stays on the management node)"
 def withhold(cluster):
     """A copy of ``cluster`` (a ``kvmcluster`` pillar) with every secret replaced by
     ``WITHHELD``: what a runner may send a node. The original is not changed."""
-    import copy  # pylint: disable=import-outside-toplevel
-
     out = copy.deepcopy(cluster) if isinstance(cluster, dict) else cluster
     for path in SECRETS:
         cur = out

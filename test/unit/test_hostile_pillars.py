@@ -31,6 +31,7 @@ def test_hostile_value_is_refused_naming_node_and_key(case):
     lines = [str(e) for e in errors]
     assert built is None, f"accepted: {case['set']!r}"
     assert any(line.startswith(case["expect"]) for line in lines), lines
+    assert len(lines) == len(set(lines)), lines  # each reason said once
     for line in lines:
         assert model.INTERNAL not in line
         # A message is one line: a hostile value is quoted with its escapes, never raw.
