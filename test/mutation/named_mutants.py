@@ -157,8 +157,8 @@ MUTS.update({
     "a node id of another type": (
         *HOSTILE, "        if isinstance(name, bool) or not isinstance(name, (str, int)):", "        if False:"),
     "a key printed with its line breaks": (
-        *HOSTILE, "        self.append(ModelError(_printable(node or \"cluster\"), _printable(key), reason))",
-        "        self.append(ModelError(node or \"cluster\", key, reason))"),
+        *HOSTILE, "        err = ModelError(_printable(node or \"cluster\"), _printable(key), reason)",
+        "        err = ModelError(node or \"cluster\", key, reason)"),
     "render errors only when the pillar is a dict": (
         "_modules/kvmcluster_model.py", "test/unit/test_model.py",
         "    getter = getattr(pillar, \"get\", None)\n",
