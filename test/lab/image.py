@@ -38,6 +38,8 @@ REPO_PACKAGES = [
     "firewalld", "apparmor", "dnsmasq", "sudo",
     # Building libvirt-python into a minion's own Python (onedir-style minions).
     "gcc", "pkg-config", "libvirt-dev", "python3-dev",
+    # What docs/install.rst installs on a bare management node (its test runs the guide).
+    "git", "python3-venv",
 ]
 
 # What VM nodes boot with already installed (at native speed, when the disk is made):

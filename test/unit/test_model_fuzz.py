@@ -119,8 +119,8 @@ def test_ipv4_ipv6_and_dual_stack_validate():
             vm["ip"] = f"fd00:30:10::{0x111 + i:x}"
     for i, (name, node) in enumerate(sorted(v6["nodes"].items())):
         node["ip"] = f"fd00:30:10::{0x41 + i:x}/64"
-        node.pop("gateway", None)
-        node.pop("dns_servers", None)
+        for key in ("gateway", "dns_servers", "ip6", "gateway6"):  # IPv4 keys, or IPv6 twice
+            node.pop(key, None)
     built, errors = check(v6)
     assert [str(e) for e in errors] == []
     full = copy.deepcopy(v6)
