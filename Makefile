@@ -8,7 +8,7 @@ APT_PKGS := debootstrap qemu-system-x86 qemu-utils python3-venv python3-libvirt 
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done
 
-.PHONY: deps demo test test-unit test-functional test-lab lab lab-up lab-down lab-status lint mutation bench
+.PHONY: deps demo test test-unit test-functional test-lab lab lab-up lab-down lab-status lint docs mutation bench
 
 deps: $(STAMP_PIP)
 
@@ -32,6 +32,15 @@ demo: deps
 
 test: deps
 	bash test/run-tests.sh
+
+# Python (ruff), YAML (yamllint, template-formula's config), SLS (salt-lint) and the docs
+# (rstcheck); the unit tier runs the same (test/unit/test_lint.py).
+lint: deps
+	$(PY) test/lint.py
+
+# The pillar reference, generated from _utils/kvmcluster_schema.py and the defaults.
+docs: deps
+	$(PY) docs/gen_pillar.py
 
 test-unit: deps
 	bash test/run-tests.sh unit

@@ -466,6 +466,42 @@ def migrate(name, target, copy=(), parameters=None, cluster=None, uri=DEFAULT_UR
     return out
 
 
+# What a migration's progress line shows, from libvirt's statistics of the active job.
+PROGRESS_KEYS = ("time_elapsed", "data_total", "data_processed", "data_remaining",
+                 "memory_remaining", "memory_bps", "disk_remaining", "disk_bps",
+                 "memory_dirty_rate")
+
+
+def progress(name, parameters=None, cluster=None, uri=DEFAULT_URI):
+    """
+    The progress of VM ``name``'s migration while it runs on this node: libvirt's
+    statistics of the domain's active job (elapsed ms, bytes sent and remaining, memory and
+    disk rates). ``active`` is false when no job runs.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt kvm01 kvmcluster_migration.progress web1
+    """
+    libvirt = _libvirt()
+    view = _view(parameters, cluster)
+    conn = __utils__["kvmcluster_virt.connect"](uri)
+    try:
+        dom = _lookup(conn, name, view)
+        try:
+            stats = dom.jobStats(0)
+        except libvirt.libvirtError as exc:
+            raise CommandExecutionError(f"VM {name}: no job statistics: "
+                                        f"{exc.get_error_message()}") from exc
+    finally:
+        conn.close()
+    active = stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) != libvirt.VIR_DOMAIN_JOB_NONE
+    out = {"vm": name, "active": active}
+    out.update({k: stats[k] for k in PROGRESS_KEYS if k in stats})
+    return out
+
+
 def _paths_in_use(conn):
     """Every file any domain of this node uses (sources and backing files)."""
     libvirt = _libvirt()

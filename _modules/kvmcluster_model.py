@@ -1441,10 +1441,33 @@ def _check_vms(errors, c, nodes, subnets, seen):
     return images, out
 
 
-def format_errors(errors):
+def format_errors(errors, node=None, teller=None):
+    """Every error, or, on a node that is not the ``teller``, the node's own errors and a
+    count of the rest: a cluster error is printed once in a run's output, not once per
+    node. The teller is the first node of the pillar (:func:`teller`)."""
     head = f"kvmcluster pillar is invalid ({len(errors)} error{'s' * (len(errors) != 1)}); " \
            "nothing was changed:"
-    return "\n".join([head] + [f"  - {e}" for e in errors])
+    if node is None or teller is None or node == teller:
+        return "\n".join([head] + [f"  - {e}" for e in errors])
+    own = [e for e in errors if e.node == _printable(node)]
+    rest = len(errors) - len(own)
+    lines = [head] + [f"  - {e}" for e in own]
+    if rest:
+        lines.append(f"  - and {rest} of the cluster or other nodes, listed once, by {teller} "
+                     "(`salt-call --local kvmcluster_model.validate` lists them all)")
+    return "\n".join(lines)
+
+
+def teller(cluster):
+    """The node whose output lists every error of the cluster: the first node id of the
+    pillar, or None when the pillar has no node list to choose from."""
+    nodes = cluster.get("nodes") if isinstance(cluster, dict) else None
+    if not isinstance(nodes, dict) or not nodes:
+        return None
+    try:
+        return _printable(sorted(str(k) for k in nodes)[0])
+    except Exception:  # pylint: disable=broad-except
+        return None
 
 
 def node_view(model, node_id):
@@ -1535,7 +1558,7 @@ def load(parameters, minion_id=None, cluster=None):
     model, errors = build(cluster, _defaults(parameters), minion_id,
                           __grains__.get("os_family"))
     if errors:
-        raise CommandExecutionError(format_errors(errors))
+        raise CommandExecutionError(format_errors(errors, str(minion_id), teller(cluster)))
     view = node_view(model, minion_id)
     __context__[CONTEXT_KEY] = view
     return view

@@ -291,7 +291,8 @@ def nm_keyfile_interface(text):
 
     .. code-block:: bash
 
-        salt-call kvmcluster_netrender.nm_keyfile_interface "$(cat /etc/NetworkManager/system-connections/x.nmconnection)"
+        salt-call kvmcluster_netrender.nm_keyfile_interface \\
+            "$(cat /etc/NetworkManager/system-connections/x.nmconnection)"
     """
     cp = configparser.ConfigParser(interpolation=None, strict=False)
     try:

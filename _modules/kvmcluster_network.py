@@ -143,9 +143,10 @@ def plan(me, rt=None):
     phys = sorted(n for n, ln in rt["links"].items() if ln["kind"] is None and n != "lo")
     missing = [n for n in nics if n not in rt["links"]]
     if missing:
-        raise CommandExecutionError(f"[{me['name']}] {key}: {', '.join(missing)} "
-                                    f"{'does' if len(missing) == 1 else 'do'} not exist on this node (NICs here: {', '.join(phys) or 'none'}); "
-                                    "nothing was changed")
+        verb = "does" if len(missing) == 1 else "do"
+        raise CommandExecutionError(f"[{me['name']}] {key}: {', '.join(missing)} {verb} not "
+                                    f"exist on this node (NICs here: {', '.join(phys) or 'none'}"
+                                    "); nothing was changed")
     macs = [_nic_mac(rt["links"][n]) for n in nics]
     bridge = dict(me["bridge"])
     owned = {bridge["name"], port["name"], *nics}

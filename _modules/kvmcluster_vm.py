@@ -353,7 +353,8 @@ def create_volume(pool, name, size_gb, source=None, linked=False, uri=DEFAULT_UR
 
     .. code-block:: bash
 
-        salt '*' kvmcluster_vm.create_volume default web1.qcow2 10 '{"path": "/mnt/secondary/tiny.raw", "format": "raw"}'
+        salt '*' kvmcluster_vm.create_volume default web1.qcow2 10 \\
+            '{"path": "/mnt/secondary/tiny.raw", "format": "raw"}'
     """
     libvirt = _libvirt()
     want = int(size_gb) * GIB

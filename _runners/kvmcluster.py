@@ -9,7 +9,9 @@ replaced by its model address). Use it with ``saltutil.sync_runners`` on a maste
 """
 import logging
 import os
+import sys
 import tempfile
+import threading
 import time
 
 import salt.client
@@ -359,7 +361,71 @@ def _failed(out):
     return out
 
 
-def migrate(vm, target, ssh=False, timeout=1800, check_only=False):
+def _mib(n):
+    return f"{(n or 0) / (1 << 20):,.0f} MiB"
+
+
+def progress_line(vm, source, target, stats, elapsed):
+    """One line of a running migration, from ``kvmcluster_migration.progress``."""
+    head = f"migrating {vm} {source} -> {target}: {elapsed:.0f}s"
+    if not isinstance(stats, dict):
+        return f"{head}, no progress from {source}: {stats}"
+    if not stats.get("active"):
+        return f"{head}, no job running on {source} (starting or finishing)"
+    line = (f"{head}, sent {_mib(stats.get('data_processed'))} of "
+            f"{_mib(stats.get('data_total'))}, {_mib(stats.get('data_remaining'))} remaining")
+    parts = []
+    if stats.get("memory_remaining") is not None:
+        parts.append(f"memory {_mib(stats['memory_remaining'])}")
+    if stats.get("disk_remaining"):
+        parts.append(f"disk {_mib(stats['disk_remaining'])}")
+    rate = (stats.get("memory_bps") or 0) + (stats.get("disk_bps") or 0)
+    if parts:
+        line += f" ({', '.join(parts)})"
+    if rate:
+        line += f", {rate / (1 << 20):,.1f} MiB/s"
+    return line
+
+
+def _say(line):
+    """A progress line on the operator's terminal (stderr: the result on stdout stays what
+    --out asks for) and in the log."""
+    log.info("%s", line)
+    print(line, file=sys.stderr, flush=True)
+
+
+def _with_progress(vm, source, target, ssh, every, work):
+    """``work()`` (the migration call, which returns only at its end) while a line of its
+    progress is printed every ``every`` seconds (0: none)."""
+    if not every or every <= 0:
+        return work()
+    box = {}
+
+    def run():
+        try:
+            box["value"] = work()
+        except BaseException as exc:  # pylint: disable=broad-except
+            box["error"] = exc
+
+    started = time.monotonic()
+    worker = threading.Thread(target=run, name=f"migrate-{vm}", daemon=True)
+    worker.start()
+    while True:
+        worker.join(float(every))
+        if not worker.is_alive():
+            break
+        try:
+            stats = _one("kvmcluster_migration.progress", source, ssh, 30, arg=[vm])
+        except CommandExecutionError as exc:
+            stats = str(exc)
+        if worker.is_alive():
+            _say(progress_line(vm, source, target, stats, time.monotonic() - started))
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def migrate(vm, target, ssh=False, timeout=1800, check_only=False, progress=10):
     """
     Move running VM ``vm`` live to node ``target``. First the readiness: the VM runs on
     exactly one node, and the target can take it (capacity, same bridge or network, a CPU
@@ -376,6 +442,9 @@ def migrate(vm, target, ssh=False, timeout=1800, check_only=False):
         Reach the nodes with salt-ssh and the roster instead of the minions.
     check_only
         Only the readiness checks.
+    progress
+        Seconds between progress lines on stderr while the VM moves (data sent and
+        remaining, from libvirt's job statistics on the source); 0: none.
 
     CLI Example:
 
@@ -425,8 +494,10 @@ def migrate(vm, target, ssh=False, timeout=1800, check_only=False):
         if copy:
             made = _one("kvmcluster_migration.prepare", target, ssh, 300,
                         arg=[json.dumps(plan), json.dumps(copy)])["made"]
-        result = _one("kvmcluster_migration.migrate", source, ssh, int(timeout),
-                      arg=[vm, target], kwarg={"copy": json.dumps(copy)})
+        result = _with_progress(
+            vm, source, target, ssh, progress,
+            lambda: _one("kvmcluster_migration.migrate", source, ssh, int(timeout),
+                         arg=[vm, target], kwarg={"copy": json.dumps(copy)}))
     except CommandExecutionError as exc:
         out["error"] = str(exc)
         if made:
@@ -458,7 +529,7 @@ def _model_vms(node):
     return {n: v.get("node") for n, v in vms.items() if isinstance(v, dict)}
 
 
-def place(ssh=False, timeout=1800):
+def place(ssh=False, timeout=1800, progress=10):
     """
     Carry out the model's placement: every VM of the pillar (``kvmcluster:vms:<vm>:node``)
     that runs on another node is migrated live to its node (``migrate``). VMs that do not
@@ -482,7 +553,7 @@ def place(ssh=False, timeout=1800):
         if on and on != [node]:
             moves[vm] = node
     for vm, node in moves.items():
-        done[vm] = migrate(vm, node, ssh=ssh, timeout=timeout)
+        done[vm] = migrate(vm, node, ssh=ssh, timeout=timeout, progress=progress)
     out = {"moved": done, "unreachable": missing, "retcode": 0}
     if any(not r.get("migrated") for r in done.values()):
         return _failed(out)

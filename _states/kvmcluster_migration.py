@@ -47,7 +47,7 @@ def _known_hosts_text(view):
             *[word for key in e.get("ssh_host_keys") or [] for word in key.split(" ", 1)]]
         for n, e in _peers(view).items()})
     lines = []
-    for name, e in _peers(view).items():
+    for e in _peers(view).values():
         names = ",".join(dict.fromkeys([e["ip"], e["hostname"], e["fqdn"]]))
         lines += [f"{names} {key}" for key in e.get("ssh_host_keys") or []]
     return HEAD + "\n".join(lines) + ("\n" if lines else "")

@@ -155,5 +155,8 @@ def checked(name):
     lines += [f"FAIL: {m}" for m in fails] + [f"WARN: {m}" for m in warns]
     ret["comment"] = "\n".join(lines)
     ret["result"] = not fails
-    ret["warnings"] = warns
+    if warns:
+        # Salt's outputter prints a "Warnings:" header for the key even when the list is
+        # empty: only real warnings get one.
+        ret["warnings"] = warns
     return ret

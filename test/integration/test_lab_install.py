@@ -119,6 +119,11 @@ def test_the_guide_takes_a_bare_management_node_to_a_running_cluster(bare_lab):
     show("install guide, step by step (docs/install.rst on mgmt01)", "\n".join(log)
          + f"\ntotal {total:.1f} s")
     show("install guide: the status table", outputs["status"][-3000:])
+    show("install guide: what the first apply printed",
+         f"{len(outputs['first-apply'].splitlines())} lines for 3 nodes (state_output: "
+         f"changes, state_verbose: false); the second run, as the account: "
+         f"{len(outputs['roster-account'].splitlines())} lines")
+    assert "Warnings:" not in outputs["first-apply"], "a bare or unexpected warnings header"
     # The second run, as the account, changed nothing on any node.
     second = outputs["roster-account"]
     summaries = re.findall(r"Summary for (\S+)\n-+\nSucceeded: (\d+)(?: \(changed=(\d+)\))?"

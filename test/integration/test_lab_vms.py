@@ -423,8 +423,13 @@ def test_live_migration_with_a_copied_disk_and_with_a_shared_disk(at_base):
         assert before, f"{vm} prints no counter on kvm01"
         seen = len(console(lab, vm, "kvm02"))  # an earlier visit's lines are not this one's
         with Listeners("kvm02") as listening:
-            data, proc, took = migrate(vm, "kvm02")
+            data, proc, took = migrate(vm, "kvm02", "progress=1")
         assert proc.returncode == 0 and data["migrated"], data
+        # Progress while it moved: a line a second at most, from libvirt's job statistics.
+        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith(f"migrating {vm} ")]
+        show(f"{vm}: the runner's progress lines (progress=1)", "\n".join(lines) or "none")
+        if data["seconds"] >= 4:  # one interval plus a salt-ssh call (2-3 s) at least
+            assert any(" sent " in ln and " remaining" in ln for ln in lines), proc.stderr
         # The incoming side (QEMU, and the disk copy's NBD server) listened in the range the
         # firewall opens to the peers, and nowhere else above 49151.
         assert listening.ports and all(low <= p <= high for p in listening.ports), \

@@ -194,3 +194,29 @@ def test_the_roster_written_ready_for_salt_ssh(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["roster"]
     with pytest.raises(model.CommandExecutionError, match="absolute path"):
         model.roster(parameters=formula_values(), path="roster")
+
+
+def test_a_cluster_error_is_printed_once_in_a_run(model_mod, cluster_defaults):
+    """The first node lists every error; the others their own and a count of the rest."""
+    import copy
+
+    from kvmtestlib import SEED_PILLAR
+
+    bad = copy.deepcopy(SEED_PILLAR["kvmcluster"])
+    bad["nodes"]["kvm03"]["ip"] = "172.30.10.42/24"  # kvm02's
+    bad["bond"] = {"mode": "802.3ab"}
+    _, errors = model_mod.build(bad, cluster_defaults)
+    teller = model_mod.teller(bad)
+    assert teller == "kvm01"
+    texts = {n: model_mod.format_errors(errors, n, teller) for n in ("kvm01", "kvm02", "kvm03")}
+    cluster_line = "[cluster] kvmcluster:bond:mode: '802.3ab' is not a bonding mode"
+    assert sum(cluster_line in t for t in texts.values()) == 1
+    assert cluster_line in texts["kvm01"]
+    assert "[kvm03] kvmcluster:nodes:kvm03:ip:" in texts["kvm03"]
+    assert "[kvm03]" not in texts["kvm02"]
+    for n in ("kvm02", "kvm03"):
+        assert "listed once, by kvm01" in texts[n], texts[n]
+        assert texts[n].startswith(f"kvmcluster pillar is invalid ({len(errors)} errors)")
+    # Without a node list to choose from, every node lists everything.
+    assert model_mod.teller({"nodes": "x"}) is None
+    assert model_mod.format_errors(errors, "kvm02", None).count("\n  - ") == len(errors)

@@ -117,7 +117,7 @@ def test_ipv4_ipv6_and_dual_stack_validate():
     for i, vm in enumerate(v6.get("vms", {}).values()):
         if vm.get("ip"):
             vm["ip"] = f"fd00:30:10::{0x111 + i:x}"
-    for i, (name, node) in enumerate(sorted(v6["nodes"].items())):
+    for i, (_name, node) in enumerate(sorted(v6["nodes"].items())):
         node["ip"] = f"fd00:30:10::{0x41 + i:x}/64"
         for key in ("gateway", "dns_servers", "ip6", "gateway6"):  # IPv4 keys, or IPv6 twice
             node.pop(key, None)

@@ -74,7 +74,7 @@ def _placeholders(paths, data, prefix=""):
         if path == "lookup":
             paths.add(path)
         elif path in holders:
-            for name, sub in value.items():
+            for sub in value.values():
                 if isinstance(sub, dict) and path not in ("sysctl", "dns:records"):
                     _placeholders(paths, sub, f"{path}:{holders[path]}:")
                 else:

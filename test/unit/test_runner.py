@@ -45,3 +45,53 @@ def test_through_a_master_the_runner_sends_no_pillar_at_all(monkeypatch):
     for fun, ssh, kwarg in sent:
         assert ssh is False and sorted(kwarg) == ["parameters"], (fun, sorted(kwarg))
         assert json.loads(kwarg["parameters"]) == formula_values()
+
+
+def test_a_long_migration_prints_its_progress(monkeypatch, capsys):
+    """While the migration call runs, a line every interval: data sent and remaining."""
+    import threading
+
+    release = threading.Event()
+    polls = []
+
+    def fake_one(fun, node, ssh, timeout, arg=(), kwarg=None):
+        assert fun == "kvmcluster_migration.progress" and node == "kvm01" and arg == ["web1"]
+        polls.append(fun)
+        if len(polls) == 3:
+            release.set()
+        return {"vm": "web1", "active": True, "time_elapsed": 900 * len(polls),
+                "data_total": 2 << 30, "data_processed": len(polls) << 29,
+                "data_remaining": (2 << 30) - (len(polls) << 29),
+                "memory_remaining": 100 << 20, "disk_remaining": 300 << 20,
+                "memory_bps": 30 << 20, "disk_bps": 10 << 20}
+
+    def work():
+        assert release.wait(10), "no progress was asked for"
+        return {"vm": "web1", "downtime_ms": 80}
+
+    monkeypatch.setattr(runner, "_one", fake_one)
+    out = runner._with_progress("web1", "kvm01", "kvm02", False, 0.05, work)
+    assert out == {"vm": "web1", "downtime_ms": 80}
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("migrating")]
+    assert len(lines) >= 2, lines
+    assert lines[0].startswith("migrating web1 kvm01 -> kvm02: 0s, sent 512 MiB of 2,048 MiB, "
+                               "1,536 MiB remaining (memory 100 MiB, disk 300 MiB), "
+                               "40.0 MiB/s"), lines[0]
+    # An error of the work is raised as it was; progress 0 prints nothing.
+    def failing():
+        raise runner.CommandExecutionError("migration failed")
+    try:
+        runner._with_progress("web1", "kvm01", "kvm02", False, 0, failing)
+    except runner.CommandExecutionError as exc:
+        assert str(exc) == "migration failed"
+    else:
+        raise AssertionError("the work's error was lost")
+    assert capsys.readouterr().err == ""
+
+
+def test_progress_line_says_when_no_job_runs():
+    line = runner.progress_line("web1", "kvm01", "kvm02", {"active": False}, 4.2)
+    assert line == "migrating web1 kvm01 -> kvm02: 4s, no job running on kvm01 (starting or " \
+                   "finishing)"
+    assert "no progress from kvm01: boom" in runner.progress_line("web1", "kvm01", "kvm02",
+                                                                  "boom", 1)

@@ -101,3 +101,16 @@ def test_sysctl_render_skips_nulls():
     text = sysctl_state._render({"vm.swappiness": 10, "net.core.somaxconn": None})
     assert "vm.swappiness = 10" in text
     assert "somaxconn" not in text
+
+
+@pytest.mark.parametrize("warns", [[], ["nftables runs, not firewalld"]])
+def test_preflight_reports_warnings_only_when_there_are_some(monkeypatch, warns):
+    """Salt's outputter prints a bare "Warnings:" header for an empty list."""
+    monkeypatch.setattr(preflight, "__salt__", {"kvmcluster_model.current":
+                                                lambda: copy.deepcopy(VIEW)}, raising=False)
+    monkeypatch.setattr(preflight, "_checks", lambda view: ([], list(warns), {"os": "Debian"}))
+    ret = preflight.checked("kvmcluster-prereqs-preflight")
+    assert ret["result"] is True
+    assert ("warnings" in ret) is bool(warns)
+    if warns:
+        assert ret["warnings"] == warns and "WARN: nftables runs" in ret["comment"]
