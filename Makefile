@@ -8,7 +8,7 @@ APT_PKGS := debootstrap qemu-system-x86 qemu-utils python3-venv python3-libvirt 
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done
 
-.PHONY: deps demo test test-unit test-functional test-lab lab lab-up lab-down lab-status lint docs mutation bench
+.PHONY: deps demo test test-unit test-functional test-mutation test-lab lab lab-up lab-down lab-status lint docs mutation bench
 
 deps: $(STAMP_PIP)
 
@@ -47,6 +47,9 @@ test-unit: deps
 
 test-functional: deps
 	bash test/run-tests.sh functional
+
+test-mutation: deps
+	bash test/run-tests.sh mutation
 
 test-lab: deps
 	bash test/run-tests.sh lab

@@ -7,6 +7,7 @@ with a salt-master through the minions, with salt-ssh through the roster (each n
 replaced by its model address). Use it with ``saltutil.sync_runners`` on a master, or with
 ``runner_dirs`` pointing at this directory.
 """
+import contextvars
 import logging
 import os
 import sys
@@ -400,10 +401,13 @@ def _with_progress(vm, source, target, ssh, every, work):
     if not every or every <= 0:
         return work()
     box = {}
+    # The loader's dunders (__opts__, __utils__, ...) live in a context variable: the worker
+    # thread runs in a copy of this one's context, or it would see none of them.
+    context = contextvars.copy_context()
 
     def run():
         try:
-            box["value"] = work()
+            box["value"] = context.run(work)
         except BaseException as exc:  # pylint: disable=broad-except
             box["error"] = exc
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Run the test tiers (default: all three) and print tests passed per tier.
+# Run the test tiers (default: all four) and print tests passed per tier. The mutation tier
+# runs the named mutants (test/mutation/named_mutants.py): each must fail the fast tests.
 # pytest's exit 5 (no tests collected) counts as a failure: every tier must hold tests.
 set -u
 cd "$(dirname "$0")/.."
-tiers=("${@:-unit functional lab}")
+tiers=("${@:-unit functional mutation lab}")
 tiers=(${tiers[@]})
 declare -A dirs=([unit]=test/unit [functional]=test/functional [lab]=test/integration)
 rc=0
@@ -13,11 +14,18 @@ rm -f /tmp/kvmcluster-lab-timings.jsonl /tmp/kvmcluster-lab-network-test-mode.tx
 for tier in "${tiers[@]}"; do
   start=$(date +%s)
   echo "== tier: $tier"
-  PYTHONPATH=test .venv/bin/python -m pytest -p no:cacheprovider -q "${dirs[$tier]}" \
-    2>&1 | tee "/tmp/kvmcluster-tier-$tier.log"
-  code=${PIPESTATUS[0]}
-  line=$(grep -E '^[=]* ?[0-9]+ (passed|failed|error)' "/tmp/kvmcluster-tier-$tier.log" | tail -1)
-  [ "$code" -eq 5 ] && line="no tests collected (pytest exit 5)"
+  if [ "$tier" = mutation ]; then
+    .venv/bin/python test/mutation/named_mutants.py 2>&1 | tee "/tmp/kvmcluster-tier-$tier.log"
+    code=${PIPESTATUS[0]}
+    line=$(grep -E '^named mutants:' "/tmp/kvmcluster-tier-$tier.log" | tail -1)
+  else
+    PYTHONPATH=test .venv/bin/python -m pytest -p no:cacheprovider -q "${dirs[$tier]}" \
+      2>&1 | tee "/tmp/kvmcluster-tier-$tier.log"
+    code=${PIPESTATUS[0]}
+    line=$(grep -E '^[=]* ?[0-9]+ (passed|failed|error)' "/tmp/kvmcluster-tier-$tier.log" \
+      | tail -1)
+    [ "$code" -eq 5 ] && line="no tests collected (pytest exit 5)"
+  fi
   summary+=("$tier: ${line:-pytest exit $code} ($(( $(date +%s) - start ))s)")
   [ "$code" -ne 0 ] && rc=1
 done

@@ -1,6 +1,7 @@
 """Hand-made mutations of the safety-critical code (the network transaction engine, the
 firewall, the MAC policy, the libvirt binding), each applied to a copy of the tree; the fast
 tests must fail on every one (run: make mutation; commits of HEAD only)."""
+import concurrent.futures
 import os
 import pathlib
 import shutil
@@ -263,23 +264,38 @@ MUTS.update({
 # Arguments: run only the mutants whose names contain one of them.
 if sys.argv[1:]:
     MUTS = {k: v for k, v in MUTS.items() if any(a in k for a in sys.argv[1:])}
-rows = []
-for name, (path, tests, old, new) in MUTS.items():
+
+
+def run_one(name, path, tests, old, new):
+    """The mutant applied to a copy of HEAD; the fast tests named for it run there."""
     work = pathlib.Path(tempfile.mkdtemp(prefix="kvmcluster-mutant-"))
-    p1 = subprocess.Popen(["git", "-C", str(SRC), "archive", "HEAD"], stdout=subprocess.PIPE)
-    subprocess.run(["tar", "-x", "-C", str(work)], stdin=p1.stdout, check=True)
-    p1.wait()
-    f = work / path
-    text = f.read_text()
-    assert text.count(old) == 1, (name, text.count(old))
-    f.write_text(text.replace(old, new))
-    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          tests], cwd=work, capture_output=True,
-                         text=True, env=dict(os.environ, PYTHONPATH="test",
-                                             PYTEST_DISABLE_PLUGIN_AUTOLOAD="1"))
-    last = res.stdout.strip().splitlines()[-1]
-    rows.append((name, "KILLED" if res.returncode else "SURVIVED", last))
-    shutil.rmtree(work, ignore_errors=True)
+    try:
+        p1 = subprocess.Popen(["git", "-C", str(SRC), "archive", "HEAD"],
+                              stdout=subprocess.PIPE)
+        subprocess.run(["tar", "-x", "-C", str(work)], stdin=p1.stdout, check=True)
+        p1.wait()
+        f = work / path
+        text = f.read_text()
+        if text.count(old) != 1:
+            return (name, "BROKEN", f"the mutated text occurs {text.count(old)} times in {path}")
+        f.write_text(text.replace(old, new))
+        res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                              tests], cwd=work, capture_output=True, text=True, timeout=600,
+                             env=dict(os.environ, PYTHONPATH="test",
+                                      PYTEST_DISABLE_PLUGIN_AUTOLOAD="1"))
+        last = (res.stdout.strip().splitlines() or ["(no output)"])[-1]
+        return (name, "KILLED" if res.returncode else "SURVIVED", last)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# Each mutant works in its own copy: they run side by side, one per CPU.
+jobs = int(os.environ.get("KVMCLUSTER_MUTANT_JOBS") or os.cpu_count() or 1)
+with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+    rows = list(pool.map(lambda item: run_one(item[0], *item[1]), MUTS.items()))
 for r in rows:
     print(" | ".join(r))
-sys.exit(any(r[1] == "SURVIVED" for r in rows))
+counts = {k: sum(1 for r in rows if r[1] == k) for k in ("KILLED", "SURVIVED", "BROKEN")}
+print(f"named mutants: {len(rows)}, killed {counts['KILLED']}, survived {counts['SURVIVED']}, "
+      f"broken {counts['BROKEN']}")
+sys.exit(1 if counts["SURVIVED"] or counts["BROKEN"] or not rows else 0)

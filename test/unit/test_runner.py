@@ -95,3 +95,16 @@ def test_progress_line_says_when_no_job_runs():
                    "finishing)"
     assert "no progress from kvm01: boom" in runner.progress_line("web1", "kvm01", "kvm02",
                                                                   "boom", 1)
+
+
+def test_the_migration_call_sees_the_loaders_context(monkeypatch):
+    """Salt's loader keeps __opts__ and the other dunders in a context variable: the
+    migration call, which runs in a worker thread, must see the caller's."""
+    import contextvars
+
+    loader = contextvars.ContextVar("loader", default=None)
+    loader.set("the runner's loader")
+    monkeypatch.setattr(runner, "_one", lambda *a, **k: {"active": False})
+    seen = runner._with_progress("web1", "kvm01", "kvm02", False, 0.01,
+                                 lambda: {"loader": loader.get()})
+    assert seen == {"loader": "the runner's loader"}
