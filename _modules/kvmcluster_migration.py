@@ -394,13 +394,15 @@ def unprepare(name, paths, parameters=None, cluster=None, uri=DEFAULT_URI):
     return source_cleanup(name, paths, parameters=parameters, cluster=cluster, uri=uri)
 
 
-def migrate(name, target, copy=(), parameters=None, cluster=None, uri=DEFAULT_URI):
+def migrate(name, target, copy=(), parameters=None, cluster=None, uri=DEFAULT_URI,
+            bandwidth=None):
     """
     Move running VM ``name`` live to node ``target``: peer-to-peer from this node's
     libvirtd, persistent there, undefined here; the disks whose targets are in ``copy``
     (e.g. ``vda``) are copied to the same path on the target, the others stay where both
     nodes see them. Returns the duration, the guest's downtime and the data moved, as
     libvirt measured them. Run ``check`` on the target first (the runner does).
+    ``bandwidth`` caps the migration's data stream (MiB/s; default: unlimited).
 
     CLI Example:
 
@@ -412,6 +414,7 @@ def migrate(name, target, copy=(), parameters=None, cluster=None, uri=DEFAULT_UR
     view = _view(parameters, cluster)
     duri = target_uri(view, target)
     copy = _as_list(copy)
+    bandwidth = _bandwidth(bandwidth)
     conn = __utils__["kvmcluster_virt.connect"](uri)
     try:
         dom = _lookup(conn, name, view)
@@ -425,6 +428,8 @@ def migrate(name, target, copy=(), parameters=None, cluster=None, uri=DEFAULT_UR
         # QEMU's data goes to the target's model address (the firewall admits the peers
         # there), not to whatever its host name resolves to.
         params = {libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{node['ip']}"}
+        if bandwidth:
+            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = bandwidth
         if view["migration"]["transport"] == "tls":
             flags |= libvirt.VIR_MIGRATE_TLS
         if copy:
@@ -466,6 +471,19 @@ def migrate(name, target, copy=(), parameters=None, cluster=None, uri=DEFAULT_UR
     return out
 
 
+def _bandwidth(value):
+    """A migration's bandwidth cap in MiB/s (None: unlimited); anything else is refused."""
+    if value in (None, "", 0, "0"):
+        return None
+    try:
+        mib = int(str(value), 10)
+    except ValueError:
+        mib = -1
+    if isinstance(value, bool) or not 1 <= mib <= 100000:
+        raise CommandExecutionError(f"bandwidth={str(value)[:40]!r}: give MiB/s, 1-100000")
+    return mib
+
+
 # What a migration's progress line shows, from libvirt's statistics of the active job.
 PROGRESS_KEYS = ("time_elapsed", "data_total", "data_processed", "data_remaining",
                  "memory_remaining", "memory_bps", "disk_remaining", "disk_bps",
@@ -488,10 +506,18 @@ def progress(name, parameters=None, cluster=None, uri=DEFAULT_URI):
     view = _view(parameters, cluster)
     conn = __utils__["kvmcluster_virt.connect"](uri)
     try:
-        dom = _lookup(conn, name, view)
+        try:
+            dom = conn.lookupByName(name)
+        except libvirt.libvirtError:
+            dom = None  # gone: the migration has ended (or never began here)
+        if dom is None or not dom.isActive():
+            return {"vm": name, "active": False, "here": dom is not None}
+        _lookup(conn, name, view)
         try:
             stats = dom.jobStats(0)
         except libvirt.libvirtError as exc:
+            if not dom.isActive():  # it ended between the two calls
+                return {"vm": name, "active": False, "here": True}
             raise CommandExecutionError(f"VM {name}: no job statistics: "
                                         f"{exc.get_error_message()}") from exc
     finally:

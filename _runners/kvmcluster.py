@@ -372,7 +372,8 @@ def progress_line(vm, source, target, stats, elapsed):
     if not isinstance(stats, dict):
         return f"{head}, no progress from {source}: {stats}"
     if not stats.get("active"):
-        return f"{head}, no job running on {source} (starting or finishing)"
+        where = "starting or finishing" if stats.get("here", True) else f"gone from {source}"
+        return f"{head}, no job running on {source} ({where})"
     line = (f"{head}, sent {_mib(stats.get('data_processed'))} of "
             f"{_mib(stats.get('data_total'))}, {_mib(stats.get('data_remaining'))} remaining")
     parts = []
@@ -429,7 +430,8 @@ def _with_progress(vm, source, target, ssh, every, work):
     return box["value"]
 
 
-def migrate(vm, target, ssh=False, timeout=1800, check_only=False, progress=10):
+def migrate(vm, target, ssh=False, timeout=1800, check_only=False, progress=10,
+            bandwidth=None):
     """
     Move running VM ``vm`` live to node ``target``. First the readiness: the VM runs on
     exactly one node, and the target can take it (capacity, same bridge or network, a CPU
@@ -449,6 +451,9 @@ def migrate(vm, target, ssh=False, timeout=1800, check_only=False, progress=10):
     progress
         Seconds between progress lines on stderr while the VM moves (data sent and
         remaining, from libvirt's job statistics on the source); 0: none.
+    bandwidth
+        A cap on the migration's data stream, MiB/s (default: unlimited), so that a move
+        leaves the nodes' network to the guests.
 
     CLI Example:
 
@@ -456,10 +461,16 @@ def migrate(vm, target, ssh=False, timeout=1800, check_only=False, progress=10):
 
         salt-run kvmcluster.migrate vm=web1 target=kvm02
         salt-run kvmcluster.migrate vm=web1 target=kvm02 ssh=True check_only=True
+        salt-run kvmcluster.migrate vm=web1 target=kvm02 bandwidth=200 progress=5
     """
     started = time.monotonic()
-    running, defined, missing = _where(vm, ssh, 60)
     out = {"vm": vm, "target": target, "migrated": False}
+    if bandwidth not in (None, 0, "") and (isinstance(bandwidth, bool)
+                                           or not str(bandwidth).isdigit()
+                                           or not 1 <= int(bandwidth) <= 100000):
+        out["refused"] = [f"bandwidth={str(bandwidth)[:40]!r}: give MiB/s, 1-100000"]
+        return _failed(out)
+    running, defined, missing = _where(vm, ssh, 60)
     refuse = []
     if target in missing:
         refuse.append(f"target {target} is unreachable: {missing[target]}")
@@ -501,7 +512,8 @@ def migrate(vm, target, ssh=False, timeout=1800, check_only=False, progress=10):
         result = _with_progress(
             vm, source, target, ssh, progress,
             lambda: _one("kvmcluster_migration.migrate", source, ssh, int(timeout),
-                         arg=[vm, target], kwarg={"copy": json.dumps(copy)}))
+                         arg=[vm, target], kwarg={"copy": json.dumps(copy),
+                                                  "bandwidth": bandwidth}))
     except CommandExecutionError as exc:
         out["error"] = str(exc)
         if made:

@@ -268,3 +268,29 @@ def test_unit_state_reads_one_systemctl_show():
         "stdout": "LoadState=not-found\nUnitFileState=\nActiveState=inactive\n"}}
     assert node_mod.unit_state("nope.service") == {
         "exists": False, "enabled": "", "active": False, "label": "/inactive"}
+
+
+def test_progress_of_a_vm_that_is_gone_or_stopped_is_no_job(mig):
+    assert mig.progress("nothere") == {"vm": "nothere", "active": False, "here": False}
+    _domain(mig.conn, "db1", "/data01/primary/db1.qcow2")  # defined, not running
+    assert mig.progress("db1") == {"vm": "db1", "active": False, "here": True}
+
+
+def test_progress_of_a_running_vm_asks_libvirt_for_its_job(mig):
+    _domain(mig.conn, "web1", "/data01/primary/web1.qcow2")
+    mig.conn.lookupByName("web1").create()
+    # libvirt's test driver keeps no job statistics: the reason comes back as it is.
+    with pytest.raises(mig.CommandExecutionError, match="VM web1: no job statistics"):
+        mig.progress("web1")
+
+
+@pytest.mark.parametrize("value, want", [(None, None), (0, None), ("", None), (200, 200),
+                                         ("50", 50), (100000, 100000)])
+def test_bandwidth_is_mib_per_second(mig, value, want):
+    assert mig._bandwidth(value) == want
+
+
+@pytest.mark.parametrize("value", [-1, 100001, "fast", True, 1.5, "10;reboot"])
+def test_a_bandwidth_that_is_no_number_is_refused(mig, value):
+    with pytest.raises(mig.CommandExecutionError, match="give MiB/s, 1-100000"):
+        mig._bandwidth(value)

@@ -108,3 +108,14 @@ def test_the_migration_call_sees_the_loaders_context(monkeypatch):
     seen = runner._with_progress("web1", "kvm01", "kvm02", False, 0.01,
                                  lambda: {"loader": loader.get()})
     assert seen == {"loader": "the runner's loader"}
+
+
+def test_a_migration_with_a_bad_bandwidth_is_refused_before_any_node_is_asked(monkeypatch):
+    monkeypatch.setattr(runner, "_where", lambda *a: (_ for _ in ()).throw(AssertionError(
+        "a node was asked")))
+    runner.__context__ = {}
+    for bad in ("fast", -5, 100001, True):
+        out = runner.migrate("web1", "kvm02", bandwidth=bad)
+        assert out["retcode"] == 1 and out["refused"][0].endswith("give MiB/s, 1-100000"), out
+    line = runner.progress_line("web1", "kvm01", "kvm02", {"active": False, "here": False}, 3)
+    assert line == "migrating web1 kvm01 -> kvm02: 3s, no job running on kvm01 (gone from kvm01)"
