@@ -4,8 +4,9 @@ from kvmtestlib import cluster_defaults, model_mod, seed_pillar  # noqa: F401  (
 import collections  # noqa: E402
 import os  # noqa: E402
 
-# run-tests.sh prints this file; a run beside it (a developer's) can write elsewhere.
-MODULE_TIMES = os.environ.get("KVMCLUSTER_MODULE_TIMES", "/tmp/kvmcluster-module-times.txt")
+# run-tests.sh names this file and prints it; other runs (a developer's, the mutants')
+# write nothing there.
+MODULE_TIMES = os.environ.get("KVMCLUSTER_MODULE_TIMES")
 _times = collections.OrderedDict()
 
 
@@ -16,6 +17,8 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_sessionfinish(session):  # noqa: ARG001
+    if not MODULE_TIMES:
+        return
     with open(MODULE_TIMES, "a", encoding="utf-8") as fh:
         for module, seconds in _times.items():
             fh.write(f"{seconds:8.1f}s  {module}\n")

@@ -19,7 +19,8 @@ for tier in "${tiers[@]}"; do
     code=${PIPESTATUS[0]}
     line=$(grep -E '^named mutants:' "/tmp/kvmcluster-tier-$tier.log" | tail -1)
   else
-    PYTHONPATH=test .venv/bin/python -m pytest -p no:cacheprovider -q "${dirs[$tier]}" \
+    KVMCLUSTER_MODULE_TIMES=/tmp/kvmcluster-module-times.txt \
+      PYTHONPATH=test .venv/bin/python -m pytest -p no:cacheprovider -q "${dirs[$tier]}" \
       2>&1 | tee "/tmp/kvmcluster-tier-$tier.log"
     code=${PIPESTATUS[0]}
     line=$(grep -E '^[=]* ?[0-9]+ (passed|failed|error)' "/tmp/kvmcluster-tier-$tier.log" \

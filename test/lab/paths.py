@@ -19,11 +19,15 @@ FORMULA_DIRS = ("kvmcluster", "_modules", "_states", "_runners", "_utils")
 
 
 def formula_root(where):
-    """A file_roots entry holding the formula only (symlinks into the repository)."""
+    """A file_roots entry holding the formula only (symlinks into this checkout: a link
+    left by another checkout, a CI clone's or a developer's, is pointed here again)."""
     where = Path(where)
     where.mkdir(parents=True, exist_ok=True)
     for name in FORMULA_DIRS:
-        link = where / name
-        if not link.is_symlink():
-            link.symlink_to(REPO_ROOT / name)
+        link, target = where / name, REPO_ROOT / name
+        if link.is_symlink() and os.readlink(link) == str(target):
+            continue
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target)
     return where

@@ -281,8 +281,9 @@ def run_one(name, path, tests, old, new):
         f.write_text(text.replace(old, new))
         res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                               tests], cwd=work, capture_output=True, text=True, timeout=600,
-                             env=dict(os.environ, PYTHONPATH="test",
-                                      PYTEST_DISABLE_PLUGIN_AUTOLOAD="1"))
+                             env={**{k: v for k, v in os.environ.items()
+                                     if k != "KVMCLUSTER_MODULE_TIMES"},
+                                  "PYTHONPATH": "test", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
         last = (res.stdout.strip().splitlines() or ["(no output)"])[-1]
         return (name, "KILLED" if res.returncode else "SURVIVED", last)
     finally:
