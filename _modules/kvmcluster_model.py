@@ -1246,7 +1246,7 @@ def _check_dns_dhcp(errors, c, nodes, subnets):
 
 IMAGE_KEYS = {"volume", "path", "format", "kernel", "initrd", "cmdline"}
 VM_KEYS = {"node", "image", "vcpus", "memory_mb", "disk_gb", "disks", "clone", "mac", "ip",
-           "autostart", "state", "storage"}
+           "autostart", "state", "storage", "antispoof"}
 VM_STATES = {"running", "stopped", "absent"}
 CLONES = {"full", "linked"}
 IMAGE_FORMATS = {"raw", "qcow2"}
@@ -1406,6 +1406,8 @@ def _check_vms(errors, c, nodes, subnets, seen):
                        "absent")
         res["autostart"] = vm.get("autostart", d.get("autostart"))
         _bool(errors, None, f"{key}:autostart", res["autostart"])
+        res["antispoof"] = vm.get("antispoof", d.get("antispoof"))
+        _bool(errors, None, f"{key}:antispoof", res["antispoof"])
         mac = vm.get("mac")
         if mac is None:
             mac = vm_mac(seed, name)

@@ -76,11 +76,12 @@ def _sub(parent, tag, text=None, **attrs):
     return el
 
 
-def domain_xml(vm, image, disks, network=None, bridge=None):
+def domain_xml(vm, image, disks, network=None, bridge=None, guard=None):
     """
     The domain XML of ``vm`` (a VM of the model): ``image`` its golden image (for direct
     kernel boot), ``disks`` the volumes ``[{"path", "format", "pool", "name"}]`` (the first
-    is the boot disk), on libvirt network ``network`` or else on ``bridge``.
+    is the boot disk), on libvirt network ``network`` or else on ``bridge``, its NIC behind
+    the traffic filter ``guard`` (``kvmcluster_guard.wanted``; None: no filter).
 
     CLI Example:
 
@@ -124,7 +125,7 @@ def domain_xml(vm, image, disks, network=None, bridge=None):
         _sub(disk, "driver", name="qemu", type=d["format"])
         _sub(disk, "source", file=d["path"])
         _sub(disk, "target", dev=f"vd{chr(ord('a') + i)}", bus="virtio")
-    dev.append(interface_xml(vm["mac"], network, bridge))
+    dev.append(interface_xml(vm["mac"], network, bridge, guard))
     serial = _sub(dev, "serial", type="pty")
     _sub(serial, "log", file=CONSOLE_LOG.format(name=vm["name"]), append="on")
     _sub(serial, "target", port=0)
@@ -135,8 +136,9 @@ def domain_xml(vm, image, disks, network=None, bridge=None):
     return ET.tostring(dom, encoding="unicode")
 
 
-def interface_xml(mac, network=None, bridge=None):
-    """The guest's NIC element: virtio, on a libvirt network or a host bridge."""
+def interface_xml(mac, network=None, bridge=None, guard=None):
+    """The guest's NIC element: virtio, on a libvirt network or a host bridge, behind the
+    traffic filter ``guard`` (None: none)."""
     if network:
         iface = ET.Element("interface", type="network")
         _sub(iface, "source", network=network)
@@ -145,6 +147,12 @@ def interface_xml(mac, network=None, bridge=None):
         _sub(iface, "source", bridge=bridge)
     _sub(iface, "mac", address=mac)
     _sub(iface, "model", type="virtio")
+    ref = __utils__["kvmcluster_guard.filterref"](guard)
+    if ref is not None:
+        for p in ref.iter("parameter"):
+            __utils__["kvmcluster_safe.check"]("libvirt XML <parameter>", "xml",
+                                               {"name": p.get("name"), "value": p.get("value")})
+        iface.append(ref)
     return iface
 
 
@@ -164,6 +172,7 @@ def _parse(xml_text):
            "vcpus": int(root.findtext("vcpu") or 0)}
     nic = root.find("devices/interface")
     out["mac"] = out["network"] = out["bridge"] = None
+    out["guard"] = __utils__["kvmcluster_guard.read"](nic)
     if nic is not None:
         m = nic.find("mac")
         src = nic.find("source")
@@ -568,10 +577,11 @@ def set_resources(name, vcpus=None, memory_mb=None, uri=DEFAULT_URI):
     return _on(name, uri, "change the resources of", act)
 
 
-def set_interface(name, mac, network=None, bridge=None, uri=DEFAULT_URI):
+def set_interface(name, mac, network=None, bridge=None, guard=None, uri=DEFAULT_URI):
     """
-    The NIC of VM ``name`` in its persistent definition (a running VM gets it at its next
-    boot).
+    The NIC of VM ``name`` in its persistent definition. A running VM whose NIC keeps its
+    MAC and source gets a new traffic filter (``guard``) live as well; any other change of
+    a running VM's NIC takes effect at its next boot. Returns "live" or "next boot".
 
     CLI Example:
 
@@ -585,15 +595,95 @@ def set_interface(name, mac, network=None, bridge=None, uri=DEFAULT_URI):
         root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
         devices = root.find("devices")
         old = devices.find("interface")
-        new = interface_xml(mac, network, bridge)
+        new = interface_xml(mac, network, bridge, guard)
         if old is not None:
             devices.insert(list(devices).index(old), new)
             devices.remove(old)
         else:
             devices.append(new)
         conn.defineXML(ET.tostring(root, encoding="unicode"))
-        return "next boot" if dom.isActive() else "live"
+        if not dom.isActive():
+            return "live"
+        live = _parse(dom.XMLDesc(0))
+        if (live["mac"], live["network"], live["bridge"]) != (mac, network, bridge):
+            return "next boot"
+        if live["guard"] != guard:
+            # The filter is the guest's isolation: never left for a reboot that may not come.
+            running = ET.fromstring(dom.XMLDesc(0)).find("devices/interface")
+            ref = running.find("filterref")
+            if ref is not None:
+                running.remove(ref)
+            new_ref = __utils__["kvmcluster_guard.filterref"](guard)
+            if new_ref is not None:
+                running.append(new_ref)
+            dom.updateDeviceFlags(ET.tostring(running, encoding="unicode"),
+                                  libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        return "live"
     return _on(name, uri, "change the NIC of", act)
+
+
+def ensure_filter(test=False, uri=DEFAULT_URI):
+    """
+    The guests' traffic filter (``kvmcluster-guest``: libvirt's clean-traffic and no DHCP
+    server) defined in libvirt as the formula writes it. Returns ``{"old", "new"}`` (rule
+    texts) when it was (``test``: would be) defined or changed, ``{}`` when it is right.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kvmcluster_vm.ensure_filter
+    """
+    libvirt = _libvirt()
+    name = __utils__["kvmcluster_guard.filter_name"]()
+    want = ET.fromstring(__utils__["kvmcluster_guard.filter_xml"]())
+    with _Conn(uri) as conn:
+        try:
+            have = ET.fromstring(conn.nwfilterLookupByName(name).XMLDesc(0))
+        except libvirt.libvirtError:
+            have = None
+        old = _filter_rules(have)
+        if old == _filter_rules(want):
+            return {}
+        if not test:
+            if have is not None and have.findtext("uuid"):
+                _sub(want, "uuid", have.findtext("uuid"))  # the same filter, redefined
+            try:
+                conn.nwfilterDefineXML(ET.tostring(want, encoding="unicode"))
+            except libvirt.libvirtError as exc:
+                raise CommandExecutionError(f"cannot define the guests' traffic filter "
+                                            f"{name}: {exc}") from exc
+        return {"old": old, "new": _filter_rules(want)}
+
+
+def wanted_filter():
+    """
+    The guests' traffic filter as ``ensure_filter`` reports it (its references and rules),
+    without libvirt.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kvmcluster_vm.wanted_filter
+    """
+    return _filter_rules(ET.fromstring(__utils__["kvmcluster_guard.filter_xml"]()))
+
+
+def _filter_rules(root):
+    """A filter's references and rules as comparable text (libvirt adds uuid, ids)."""
+    if root is None:
+        return None
+    out = [f"chain={root.get('chain')}"]
+    for el in root:
+        if el.tag == "filterref":
+            out.append(f"filterref {el.get('filter')}")
+        elif el.tag == "rule":
+            proto = " ".join(f"{c.tag}({','.join(f'{k}={v}' for k, v in sorted(c.attrib.items()))})"
+                             for c in el)
+            out.append(f"rule {el.get('action')} {el.get('direction')} "
+                       f"{el.get('priority')} {proto}")
+    return out
 
 
 def _in_use_elsewhere(conn, name):

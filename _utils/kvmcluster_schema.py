@@ -217,6 +217,11 @@ KEYS = [
      "negative"),
     ("vm:vcpu_ratio", "number, 0-64", "A node commits at most its CPUs times this.",
      "0 or less; over 64"),
+    ("vm:antispoof", "switch", "Each guest's NIC behind libvirt's clean-traffic filter: no "
+     "MAC, IP or ARP spoofing, no other layer-2 protocol (IPv4 and ARP only), no DHCP "
+     "server; bound to its MAC and ``ip``, or to the address the management nodes' DHCP "
+     "gave it. Off only for a guest that must route or bridge.", "anything but true or false"),
+    ("vms:<name>:antispoof", "switch", "As ``vm:antispoof``.", "anything but true or false"),
     ("vm:mac_seed", "text or null", "Seed of derived MACs; null: the domain.",
      "not a string"),
     # ---- nodes

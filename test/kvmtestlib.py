@@ -51,9 +51,13 @@ def utils_dunder():
     """``__utils__`` for a state module loaded as plain Python: the repository's _utils."""
     state = load_module("_utils", "kvmcluster_state")
     safe = load_module("_utils", "kvmcluster_safe")
-    return {"kvmcluster_state.skeleton": state.skeleton, "kvmcluster_safe.check": safe.check,
-            "kvmcluster_safe.fcontext_spec": safe.fcontext_spec,
-            "kvmcluster_safe.withhold": safe.withhold}
+    guard = load_module("_utils", "kvmcluster_guard")
+    out = {"kvmcluster_state.skeleton": state.skeleton, "kvmcluster_safe.check": safe.check,
+           "kvmcluster_safe.fcontext_spec": safe.fcontext_spec,
+           "kvmcluster_safe.withhold": safe.withhold}
+    out.update({f"kvmcluster_guard.{f}": getattr(guard, f)
+                for f in ("filter_name", "filter_xml", "wanted", "filterref", "read", "label")})
+    return out
 
 
 class NoClose:

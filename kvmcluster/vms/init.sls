@@ -9,9 +9,16 @@ include:
   - {{ tplroot }}.nfs
   - {{ tplroot }}.network
 
+# The guests' traffic filter (clean-traffic, no DHCP server), before any VM carries it.
+kvmcluster-vms-filter-defined:
+  kvmcluster_vm.filter_defined:
+    - require:
+      - kvmcluster_pool: kvmcluster-storage-primary-pool-present
+
 kvmcluster-vms-managed:
   kvmcluster_vm.managed:
     - require:
+      - kvmcluster_vm: kvmcluster-vms-filter-defined
       - kvmcluster_pool: kvmcluster-storage-primary-pool-present
       - kvmcluster_pool: kvmcluster-nfs-secondary-pool-present
       - kvmcluster_network: kvmcluster-network-libvirt-network-managed

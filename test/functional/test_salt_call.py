@@ -27,7 +27,7 @@ STATES = [
     "kvmcluster_packages.installed", "kvmcluster_pool.present",
     "kvmcluster_preflight.checked", "kvmcluster_security.apparmor_paths",
     "kvmcluster_security.selinux_contexts", "kvmcluster_sysctl.dropin_managed",
-    "kvmcluster_vm.managed",
+    "kvmcluster_vm.filter_defined", "kvmcluster_vm.managed",
 ]
 
 

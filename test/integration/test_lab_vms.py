@@ -547,3 +547,63 @@ def test_a_placement_change_moves_the_vm_live_one_copy_only(at_base):
             assert summarize(again[n])["changed"] == 0, (n, summarize(again[n])["changed_ids"])
     finally:
         lab.reset_pillar()
+
+
+def spoof_lines(lab, vm, node, after=0):
+    text = console(lab, vm, node)[after:]
+    return [ln.split()[2:] for ln in text.splitlines()
+            if ln.startswith(guest.SPOOF_MARKER + " ")]
+
+
+def wait_spoof(lab, vm, node, want, after=0, timeout=120):
+    """The console's spoof lines past byte ``after`` until three in a row say ``want``."""
+    deadline = time.monotonic() + timeout
+    lines = []
+    while time.monotonic() < deadline:
+        lines = spoof_lines(lab, vm, node, after)
+        if len(lines) >= 3 and all(ln == want for ln in lines[-3:]):
+            return lines
+        time.sleep(2)
+    raise AssertionError(f"{vm}: not three {want} in a row within {timeout}s: {lines[-6:]}")
+
+
+def test_a_spoofing_guest_reaches_nothing_while_its_own_address_works(at_base):
+    """clean-traffic on the guest's NIC: from an address that is not its own it reaches
+    nobody, from its own it does; with the filter off (antispoof: false, applied live) the
+    same guest's spoofed pings are answered, so the test can fail."""
+    lab = at_base
+    spoofed = f"{saltcfg.SUBNET_BASE}.150"  # nobody's address
+    peer = lab.ip["mgmt01"]
+    pillar = with_edit(lab, spoof1={"node": "kvm01", "image": "tiny-spoof",
+                                    "ip": f"{saltcfg.SUBNET_BASE}.115"})
+    k = pillar["kvmcluster"]
+    k["images"]["tiny-spoof"] = dict(k["images"]["tiny"], cmdline=(
+        f"{k['images']['tiny']['cmdline']} kvmcluster.spoof={spoofed} kvmcluster.peer={peer}"))
+    try:
+        lab.set_pillar(pillar)
+        applied, proc = lab.apply()
+        for n in NODES:
+            assert summarize(applied[n])["failed"] == 0, (n, summarize(applied[n])["failures"],
+                                                          proc.stdout[-1500:])
+        xml = lab.ssh("kvm01", "virsh dumpxml spoof1")
+        assert "<filterref filter='kvmcluster-guest'>" in xml, xml
+        filtered = wait_spoof(lab, "spoof1", "kvm01", ["spoofed=blocked", "own=reached"])
+        rules = lab.ssh("kvm01", "ebtables -t nat -L 2>/dev/null | head -40")
+        # The filter off, live: the same guest's spoofed pings now get answers.
+        seen = len(console(lab, "spoof1", "kvm01"))
+        k["vms"]["spoof1"]["antispoof"] = False
+        lab.set_pillar(pillar)
+        off, proc = lab.apply_on("kvm01")
+        ch = off["kvm01"][STATE_ID]["changes"]
+        assert ch == {"spoof1": {"old": {"filter": f"kvmcluster-guest IP={saltcfg.SUBNET_BASE}"
+                                                   ".115"}, "new": {"filter": "none"}}}, ch
+        open_ = wait_spoof(lab, "spoof1", "kvm01", ["spoofed=reached", "own=reached"], seen)
+        show("a guest pinging mgmt01 from an address not its own (spoof1 on kvm01, "
+             f"spoofed {spoofed})",
+             f"with clean-traffic: {filtered[-3:]}\nwith antispoof false: {open_[-3:]}\n"
+             f"ebtables nat on kvm01 (head):\n{rules}")
+    finally:
+        pillar = with_edit(lab, spoof1={"node": "kvm01", "image": "tiny", "state": "absent"})
+        lab.set_pillar(pillar)
+        lab.apply_on("kvm01")
+        lab.reset_pillar()

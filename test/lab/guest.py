@@ -167,6 +167,7 @@ DISK_MARKER = "KVMCLUSTER-DISK"
 ACPI_MARKER = "KVMCLUSTER-ACPI"
 READY_MARKER = "KVMCLUSTER-VM-READY"
 TICK_MARKER = "KVMCLUSTER-TICK"
+SPOOF_MARKER = "KVMCLUSTER-SPOOF"
 VM_MODULES = VIRTIO_NET + ["virtio_blk", "virtio_balloon", "button", "evdev"]
 # The init of a VM made from the golden image: it reads its own disk, leases its address
 # (and host name) by DHCP, configures it, powers off on the ACPI power button unless its
@@ -193,10 +194,26 @@ else
   done
 fi
 echo "{READY_MARKER}"
+# A hostile guest (kvmcluster.spoof=<addr> kvmcluster.peer=<addr> on its command line):
+# it also takes an address that is not its own and, at every tick, pings the peer from
+# that address and from its own, printing which got an answer.
+spoof=; peer=
+for w in $(cat /proc/cmdline); do
+  case "$w" in kvmcluster.spoof=*) spoof=${{w#*=}};; kvmcluster.peer=*) peer=${{w#*=}};; esac
+done
+[ -n "$spoof" ] && ip addr add "$spoof/32" dev eth0
 # A counter that only goes on while this boot of the guest runs: a live migration keeps it
 # counting (on the new node's console), a restart would begin again at 1.
 i=0
-while :; do i=$((i + 1)); echo "{TICK_MARKER} $i"; sleep 2; done
+while :; do
+  i=$((i + 1)); echo "{TICK_MARKER} $i"
+  if [ -n "$spoof" ]; then
+    ping -c 1 -W 1 -I "$spoof" "$peer" >/dev/null 2>&1 && r=reached || r=blocked
+    ping -c 1 -W 1 "$peer" >/dev/null 2>&1 && o=reached || o=blocked
+    echo "{SPOOF_MARKER} $i spoofed=$r own=$o"
+  fi
+  sleep 2
+done
 """
 VM_LEASE_SCRIPT = f"""#!/bin/sh
 case "$1" in

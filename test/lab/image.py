@@ -36,6 +36,8 @@ REPO_PACKAGES = [
     "ifenslave", "network-manager", "netplan.io", "dnsmasq-base", "busybox-static",
     # Firewall and MAC policy as on real hosts; the management node's DNS/DHCP and sudo.
     "firewalld", "apparmor", "dnsmasq", "sudo",
+    # libvirt's traffic filters for the guests (clean-traffic; ebtables-nft comes with it).
+    "iptables",
     # Building libvirt-python into a minion's own Python (onedir-style minions).
     "gcc", "pkg-config", "libvirt-dev", "python3-dev",
     # What docs/install.rst installs on a bare management node (its test runs the guide).
@@ -47,7 +49,7 @@ REPO_PACKAGES = [
 VM_PREINSTALLED = [
     "qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients",
     "python3-libvirt", "nfs-kernel-server", "nfs-common", "bridge-utils",
-    "ifenslave", "firewalld", "apparmor",
+    "ifenslave", "firewalld", "apparmor", "iptables",
 ]
 
 # Python packages the lab serves (pip --find-links) for minions with their own Python.

@@ -260,6 +260,22 @@ MUTS.update({
         "_states/kvmcluster_account.py", "test/unit/test_migration_unit.py",
         "MIGRATION_COMMAND = \"/usr/bin/virt-ssh-helper qemu:///system\"",
         "MIGRATION_COMMAND = \"/bin/sh\""),
+    "a guest's NIC carries no traffic filter": (
+        "_modules/kvmcluster_vm.py", "test/unit/test_guard.py",
+        "        iface.append(ref)\n    return iface", "    return iface"),
+    "a running guest's filter waits for its next boot": (
+        "_modules/kvmcluster_vm.py", "test/unit/test_guard.py",
+        "            dom.updateDeviceFlags(ET.tostring(running, encoding=\"unicode\"),",
+        "            (lambda *a: 0)(ET.tostring(running, encoding=\"unicode\"),"),
+    "a guest may answer as a DHCP server": (
+        "_utils/kvmcluster_guard.py", "test/unit/test_guard.py",
+        "    ET.SubElement(rule, \"udp\", srcportstart=\"67\", srcportend=\"67\")\n", ""),
+    "an unaddressed guest learns its address from anyone": (
+        "_utils/kvmcluster_guard.py", "test/unit/test_guard.py",
+        "        params += [(\"DHCPSERVER\", s) for s in servers]\n", ""),
+    "antispoof false is ignored": (
+        "_utils/kvmcluster_guard.py", "test/unit/test_guard.py",
+        "    if not vm.get(\"antispoof\", True):\n        return None\n", ""),
 })
 # Arguments: run only the mutants whose names contain one of them.
 if sys.argv[1:]:
