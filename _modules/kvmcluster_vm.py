@@ -604,20 +604,25 @@ def set_interface(name, mac, network=None, bridge=None, guard=None, uri=DEFAULT_
         conn.defineXML(ET.tostring(root, encoding="unicode"))
         if not dom.isActive():
             return "live"
-        live = _parse(dom.XMLDesc(0))
-        if (live["mac"], live["network"], live["bridge"]) != (mac, network, bridge):
+        # A running NIC on a libvirt network reads back as type bridge (its actual device),
+        # with the network named in its source: the same NIC when MAC and source agree.
+        running = ET.fromstring(dom.XMLDesc(0)).find("devices/interface")
+        src = running.find("source") if running is not None else None
+        same = running is not None and src is not None and (
+            (running.find("mac").get("address") or "").lower() == mac.lower()
+            and ((network and src.get("network") == network)
+                 or (not network and src.get("bridge") == bridge)))
+        if not same:
             return "next boot"
-        if live["guard"] != guard:
+        if __utils__["kvmcluster_guard.read"](running) != guard:
             # The filter is the guest's isolation: never left for a reboot that may not come.
-            running = ET.fromstring(dom.XMLDesc(0)).find("devices/interface")
-            ref = running.find("filterref")
-            if ref is not None:
-                running.remove(ref)
-            new_ref = __utils__["kvmcluster_guard.filterref"](guard)
-            if new_ref is not None:
-                running.append(new_ref)
-            dom.updateDeviceFlags(ET.tostring(running, encoding="unicode"),
+            # The new definition's NIC, matched by its MAC, carries the filter (or none).
+            dom.updateDeviceFlags(ET.tostring(new, encoding="unicode"),
                                   libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            if __utils__["kvmcluster_guard.read"](
+                    ET.fromstring(dom.XMLDesc(0)).find("devices/interface")) != guard:
+                raise CommandExecutionError(f"libvirt kept the old traffic filter on the "
+                                            f"running VM {name}")
         return "live"
     return _on(name, uri, "change the NIC of", act)
 

@@ -338,11 +338,7 @@ def filter_defined(name, uri="qemu:///system"):
         __salt__["kvmcluster_vm.ensure_filter"](uri=uri)
         return f"defined {filter_name}"
 
-    def verify():
-        got = __salt__["kvmcluster_vm.ensure_filter"](test=True, uri=uri)
-        return {filter_name: got} if got else {}
-
-    return sk.converge(name, __opts__["test"], diff, apply, verify,
+    return sk.converge(name, __opts__["test"], diff, apply, diff,
                        ok=f"{filter_name} as the formula writes it",
                        planned=lambda c: f"would define {filter_name}",
                        done=lambda c: f"defined {filter_name}")

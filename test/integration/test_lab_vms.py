@@ -595,9 +595,23 @@ def test_a_spoofing_guest_reaches_nothing_while_its_own_address_works(at_base):
         lab.set_pillar(pillar)
         off, proc = lab.apply_on("kvm01")
         ch = off["kvm01"][STATE_ID]["changes"]
+        assert "spoof1: traffic filter changed" in off["kvm01"][STATE_ID]["comment"], off
         assert ch == {"spoof1": {"old": {"filter": f"kvmcluster-guest IP={saltcfg.SUBNET_BASE}"
                                                    ".115"}, "new": {"filter": "none"}}}, ch
-        open_ = wait_spoof(lab, "spoof1", "kvm01", ["spoofed=reached", "own=reached"], seen)
+        live = lab.ssh("kvm01", "virsh dumpxml spoof1 | grep -c filterref || true; "
+                                "virsh nwfilter-binding-list")
+        try:
+            open_ = wait_spoof(lab, "spoof1", "kvm01", ["spoofed=reached", "own=reached"],
+                               seen)
+        except AssertionError as exc:
+            extra = lab.ssh("kvm01", "ebtables -t nat -L 2>&1 | head -60; "
+                                     "ip neigh; cat /proc/sys/net/ipv4/conf/all/arp_ignore",
+                            check=False)
+            mg = lab.ssh("mgmt01", f"ip neigh show {spoofed}; ping -c1 -W1 {spoofed}",
+                         check=False)
+            raise AssertionError(f"{exc}\nlive filterrefs, bindings:\n{live}\n{extra}\n"
+                                 f"mgmt01: {mg}") from None
+        assert live.split()[0] == "0", live  # the running guest's NIC has no filter now
         show("a guest pinging mgmt01 from an address not its own (spoof1 on kvm01, "
              f"spoofed {spoofed})",
              f"with clean-traffic: {filtered[-3:]}\nwith antispoof false: {open_[-3:]}\n"

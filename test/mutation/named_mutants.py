@@ -265,8 +265,8 @@ MUTS.update({
         "        iface.append(ref)\n    return iface", "    return iface"),
     "a running guest's filter waits for its next boot": (
         "_modules/kvmcluster_vm.py", "test/unit/test_guard.py",
-        "            dom.updateDeviceFlags(ET.tostring(running, encoding=\"unicode\"),",
-        "            (lambda *a: 0)(ET.tostring(running, encoding=\"unicode\"),"),
+        "            dom.updateDeviceFlags(ET.tostring(new, encoding=\"unicode\"),",
+        "            (lambda *a: 0)(ET.tostring(new, encoding=\"unicode\"),"),
     "a guest may answer as a DHCP server": (
         "_utils/kvmcluster_guard.py", "test/unit/test_guard.py",
         "    ET.SubElement(rule, \"udp\", srcportstart=\"67\", srcportend=\"67\")\n", ""),

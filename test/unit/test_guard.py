@@ -76,15 +76,26 @@ def test_the_domain_carries_the_filter_and_reads_it_back(vmmod):  # noqa: F811
 
 
 class _Recorder:
-    """A running test-driver domain that records live device updates (the test driver has
-    none)."""
+    """A running test-driver domain that records live device updates and shows them in its
+    live XML, as libvirt would (the test driver has no device updates)."""
 
-    def __init__(self, dom):
-        self._d, self.updates = dom, []
+    def __init__(self, dom, apply=True):
+        self._d, self.updates, self.apply = dom, [], apply
 
     def updateDeviceFlags(self, xml, flags):
         self.updates.append((xml, flags))
         return 0
+
+    def XMLDesc(self, flags=0):  # noqa: N802
+        xml = self._d.XMLDesc(flags)
+        if flags or not self.updates or not self.apply:
+            return xml
+        root = ET.fromstring(xml)
+        devices = root.find("devices")
+        old = devices.find("interface")
+        devices.insert(list(devices).index(old), ET.fromstring(self.updates[-1][0]))
+        devices.remove(old)
+        return ET.tostring(root, encoding="unicode")
 
     def __getattr__(self, k):
         return getattr(self._d, k)
@@ -109,6 +120,10 @@ def test_a_running_vm_gets_its_filter_live(vmmod, monkeypatch):  # noqa: F811
     assert vmmod.set_interface("web1", "52:54:00:00:00:09", network="host-bridge", guard=g,
                                uri=URI) == "next boot"
     assert rec.updates == []
+    # libvirt keeping the old filter is an error, never a silent success.
+    monkeypatch.setattr(vmmod, "_domain", lambda conn, name: _Recorder(dom, apply=False))
+    with pytest.raises(vmmod.CommandExecutionError, match="kept the old traffic filter"):
+        vmmod.set_interface("web1", mac, network="host-bridge", guard=g, uri=URI)
 
 
 class _FilterConn:
