@@ -374,6 +374,8 @@ def progress_line(vm, source, target, stats, elapsed):
     if not stats.get("active"):
         where = "starting or finishing" if stats.get("here", True) else f"gone from {source}"
         return f"{head}, no job running on {source} ({where})"
+    if not stats.get("data_total"):
+        return f"{head}, starting (nothing sent yet)"
     line = (f"{head}, sent {_mib(stats.get('data_processed'))} of "
             f"{_mib(stats.get('data_total'))}, {_mib(stats.get('data_remaining'))} remaining")
     parts = []

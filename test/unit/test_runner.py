@@ -119,3 +119,6 @@ def test_a_migration_with_a_bad_bandwidth_is_refused_before_any_node_is_asked(mo
         assert out["retcode"] == 1 and out["refused"][0].endswith("give MiB/s, 1-100000"), out
     line = runner.progress_line("web1", "kvm01", "kvm02", {"active": False, "here": False}, 3)
     assert line == "migrating web1 kvm01 -> kvm02: 3s, no job running on kvm01 (gone from kvm01)"
+    line = runner.progress_line("web1", "kvm01", "kvm02", {"active": True, "data_total": 0,
+                                                           "data_processed": 0}, 2)
+    assert line == "migrating web1 kvm01 -> kvm02: 2s, starting (nothing sent yet)"
