@@ -472,6 +472,10 @@ def migrate(vm, target, ssh=False, timeout=1800, check_only=False, progress=10,
                                            or not 1 <= int(bandwidth) <= 100000):
         out["refused"] = [f"bandwidth={str(bandwidth)[:40]!r}: give MiB/s, 1-100000"]
         return _failed(out)
+    if isinstance(progress, bool) or not isinstance(progress, (int, float)) \
+            or not 0 <= progress <= 3600:
+        out["refused"] = [f"progress={str(progress)[:40]!r}: give seconds, 0-3600 (0: none)"]
+        return _failed(out)
     running, defined, missing = _where(vm, ssh, 60)
     refuse = []
     if target in missing:

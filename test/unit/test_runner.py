@@ -117,6 +117,9 @@ def test_a_migration_with_a_bad_bandwidth_is_refused_before_any_node_is_asked(mo
     for bad in ("fast", -5, 100001, True):
         out = runner.migrate("web1", "kvm02", bandwidth=bad)
         assert out["retcode"] == 1 and out["refused"][0].endswith("give MiB/s, 1-100000"), out
+    for bad in ("often", -1, 3601, True):
+        out = runner.migrate("web1", "kvm02", progress=bad)
+        assert out["retcode"] == 1 and out["refused"][0].endswith("0-3600 (0: none)"), out
     line = runner.progress_line("web1", "kvm01", "kvm02", {"active": False, "here": False}, 3)
     assert line == "migrating web1 kvm01 -> kvm02: 3s, no job running on kvm01 (gone from kvm01)"
     line = runner.progress_line("web1", "kvm01", "kvm02", {"active": True, "data_total": 0,
