@@ -430,7 +430,9 @@ def migrate(name, target, copy=(), parameters=None, cluster=None, uri=DEFAULT_UR
         params = {libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{node['ip']}"}
         if bandwidth:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = bandwidth
-        if view["migration"]["transport"] == "tls":
+        if not view["migration"]["plaintext"]:
+            # QEMU's stream (and the disk copy's NBD) over TLS with the nodes' certificates
+            # of the cluster CA; the runner issues them before it asks for the move.
             flags |= libvirt.VIR_MIGRATE_TLS
         if copy:
             # The target made each copied disk (``prepare``) on the same backing file: only

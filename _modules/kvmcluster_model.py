@@ -654,6 +654,15 @@ def _check_cluster(errors, c):
     elif mig.get("transport") == "ssh" and priv is not None and acct.get("state") == "absent":
         errors.add(None, f"{ROOT}:account:state", "absent, but migration over SSH logs in to "
                    "this account: remove migration:ssh too, or keep the account")
+    certs = mig.get("certificates") or {}
+    valid = _int(errors, None, f"{ROOT}:migration:certificates:valid_hours",
+                 certs.get("valid_hours"), 1, 87600)
+    renew = _int(errors, None, f"{ROOT}:migration:certificates:renew_hours",
+                 certs.get("renew_hours"), 0, 8760)
+    if valid is not None and renew is not None and renew >= valid:
+        errors.add(None, f"{ROOT}:migration:certificates:renew_hours", f"{renew} must be below "
+                   f"valid_hours ({valid}): every certificate would be due for renewal as "
+                   "soon as it is issued")
     if mig.get("transport") == "tls" and not (lv.get("tls") or {}).get("enabled"):
         errors.add(None, f"{ROOT}:migration:transport", "tls needs libvirt TLS "
                    "(kvmcluster:libvirt:tls:enabled: true)")

@@ -313,6 +313,9 @@ def node(parameters=None, cluster=None, uri="qemu:///system"):
                       for k in ("enabled", "type", "mountpoint")},
         "vms": {n: vm["node"] for n, vm in (view.get("vms") or {}).items()},
         "vm_states": {n: vm["state"] for n, vm in (view.get("vms") or {}).items()},
+        "migration_tls": {"plaintext": view["migration"]["plaintext"],
+                          "renew_hours": view["migration"]["certificates"]["renew_hours"]}
+        if view["migration"]["enabled"] else None,
     }
     if me_model.get("takeover"):
         _guard(facts, "bridge", bridge, br["name"])
@@ -320,6 +323,10 @@ def node(parameters=None, cluster=None, uri="qemu:///system"):
         else None
     if facts["model"]["hypervisor"]:
         _guard(facts, "libvirt", _libvirt_facts, view, uri)
+        try:
+            facts["migration_cert"] = __salt__["kvmcluster_pki.info"]()
+        except Exception as exc:  # pylint: disable=broad-except
+            facts["migration_cert"] = {"error": str(exc)[:300]}
         sec = view["storage"]["secondary"]
         if sec["enabled"]:
             fstype = "nfs" if sec.get("type", "nfs") == "nfs" else None

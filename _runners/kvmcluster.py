@@ -159,6 +159,20 @@ def _none_matched(tgt, tgt_type, ssh):
                     "asked")
 
 
+def _targets(tgt, tgt_type, ssh):
+    """The node ids ``tgt`` matches (the roster's or the master's accepted minions)."""
+    if ssh:
+        found = sorted(_ssh_targets(tgt, tgt_type))
+    else:
+        import salt.utils.minions  # pylint: disable=import-outside-toplevel
+
+        found = sorted(salt.utils.minions.CkMinions(__opts__).check_minions(
+            tgt, tgt_type)["minions"])
+    if not found:
+        raise _none_matched(tgt, tgt_type, ssh)
+    return found
+
+
 def _call(fun, tgt="*", tgt_type="glob", ssh=False, timeout=60, arg=(), kwarg=None):
     """``fun`` on the targeted nodes: ``({node: return}, {node: why it did not answer})``.
     Bounded: salt-ssh's connection timeout, the master's job timeout."""
@@ -334,6 +348,138 @@ def host_keys(tgt="*", tgt_type="glob", ssh=False, timeout=60):
     return {ROOT: {"nodes": nodes}}
 
 
+# ---- the cluster's migration PKI ---------------------------------------------------------
+
+CA_KEY, CA_CERT = "ca-key.pem", "ca-cert.pem"
+
+
+def _ca_dir():
+    return (__opts__.get("kvmcluster_ca_dir")
+            or os.path.join(__opts__.get("pki_dir") or "/etc/salt/pki/master", "kvmcluster-ca"))
+
+
+def _ca(name):
+    """The cluster CA's key and certificate (PEM), kept here (``kvmcluster_ca_dir`` in the
+    master config, default ``<pki_dir>/kvmcluster-ca``, root only); made the first time."""
+    files = {k: _util(f"kvmcluster_files.{k}") for k in ("open_dir", "read", "create")}
+    base = _ca_dir().rstrip("/")
+    fd = files["open_dir"](os.path.dirname(base), os.path.basename(base), make=True,
+                           mode=0o700)
+    try:
+        if os.fstat(fd).st_uid != os.geteuid() or os.fstat(fd).st_mode & 0o077:
+            raise CommandExecutionError(f"{base} must belong to {os.geteuid()} and be closed to "
+                                        "everyone else (mode 0700): it holds the CA's key")
+        key, cert = files["read"](fd, CA_KEY), files["read"](fd, CA_CERT)
+        if key is None and cert is None:
+            key, cert = _util("kvmcluster_pki.new_ca")(name)
+            files["create"](fd, CA_KEY, key, 0o600)
+            files["create"](fd, CA_CERT, cert, 0o644)
+            log.info("kvmcluster: made the cluster's migration CA in %s", base)
+        elif key is None or cert is None:
+            raise CommandExecutionError(
+                f"{base} holds only one of {CA_KEY} and {CA_CERT}: restore the other (or move "
+                "both away: a new CA is made, and every node's certificate follows it)")
+    finally:
+        os.close(fd)
+    return key, cert
+
+
+def _b64(pem):
+    import base64  # pylint: disable=import-outside-toplevel
+
+    return base64.b64encode(pem).decode("ascii")
+
+
+def _certificates(nodes, ssh, timeout, issue=True, renew=False):
+    """Each node's migration certificate checked and, with ``issue``, issued or renewed:
+    ``({node: what its certificate says, with "action"}, {node: why not}, plaintext)``
+    (``plaintext``: the model sends migrations in clear)."""
+    answered, missing = _call_model("kvmcluster_pki.request", nodes, "list", ssh, timeout)
+    done = {}
+    if not answered:
+        return done, missing, False
+    plaintext = any((a.get("model") or {}).get("plaintext") for a in answered.values()
+                    if isinstance(a, dict))
+    pki = {k: _util(f"kvmcluster_pki.{k}") for k in ("issue", "fingerprint", "renewal")}
+    first = answered[sorted(answered)[0]]
+    key, ca = _ca((first.get("model") or {}).get("domain") or "cluster") if issue \
+        else (None, _ca_certificate())
+    ca_fp = pki["fingerprint"](ca) if ca else None
+    for node in sorted(answered):
+        ans = answered[node]
+        model, have = ans.get("model") or {}, ans.get("certificate")
+        why = "renewal asked" if renew else pki["renewal"](
+            have, ca_fp, model.get("dns", []), model.get("ips", []),
+            model.get("renew_hours", 0))
+        if why is None:
+            done[node] = dict(have, action="kept")
+            continue
+        if not issue:
+            done[node] = dict(have or {}, action=f"would issue: {why}")
+            continue
+        try:
+            cert = pki["issue"](key, ca, ans["csr"].encode(), node, model["dns"], model["ips"],
+                                model["valid_hours"])
+        except (KeyError, ValueError) as exc:
+            missing[node] = f"cannot issue its certificate: {exc}"
+            continue
+        got, lost = _call("kvmcluster_pki.install", [node], "list", ssh, timeout,
+                          arg=[_b64(cert), _b64(ca)])
+        new = got.get(node)
+        if not isinstance(new, dict) or pki["renewal"](new, ca_fp, model["dns"], model["ips"],
+                                                       model["renew_hours"]):
+            missing[node] = f"its certificate was not installed: {lost.get(node) or new}"
+            continue
+        done[node] = dict(new, action=f"issued: {why}")
+    return done, missing, plaintext
+
+
+def _ca_certificate():
+    path = os.path.join(_ca_dir(), CA_CERT)
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def certificates(tgt="*", tgt_type="glob", ssh=False, timeout=60, renew=False,
+                 check_only=False):
+    """
+    The nodes' migration certificates, from the cluster's CA: each node makes its own key
+    (it never leaves the node) and sends a signing request; a certificate that is missing,
+    from another CA, for other names or addresses than the model gives the node, or with
+    fewer than ``migration:certificates:renew_hours`` left is issued again, valid
+    ``valid_hours``. The CA is made on the first run, here (``kvmcluster_ca_dir`` in the
+    master config, default ``<pki_dir>/kvmcluster-ca``). ``migrate`` runs the same for its
+    two nodes first. The run fails when a node's certificate could not be made good.
+
+    renew
+        Issue every targeted node's certificate again, due or not.
+    check_only
+        Say what would be issued; change nothing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run kvmcluster.certificates
+        salt-run kvmcluster.certificates ssh=True check_only=True
+        salt-run kvmcluster.certificates tgt=kvm01 renew=True
+    """
+    try:
+        done, missing, _ = _certificates(_targets(tgt, tgt_type, ssh), ssh, int(timeout),
+                                         issue=not check_only, renew=renew)
+    except CommandExecutionError as exc:
+        return _failed({"error": str(exc)})
+    out = {"certificates": done, "ca": _ca_dir()}
+    if missing:
+        out["failed"] = missing
+        return _failed(out)
+    out["retcode"] = 0
+    return out
+
+
 # ---- migration ------------------------------------------------------------------------
 
 def _where(vm, ssh, timeout):
@@ -505,6 +651,18 @@ def migrate(vm, target, ssh=False, timeout=1800, check_only=False, progress=10,
     out["check"] = ready
     if not ready.get("ok"):
         out["refused"] = ready.get("reasons") or ["the target refused"]
+        return _failed(out)
+    try:
+        # Both QEMUs hold a good certificate of the cluster's CA (issued or renewed now if
+        # not), or the stream would not be encrypted: no move.
+        certs, bad, plaintext = _certificates([source, target], ssh, 120, issue=not check_only)
+    except CommandExecutionError as exc:
+        certs, bad, plaintext = {}, {source: str(exc)}, False
+    out["certificates"] = {n: c.get("action") for n, c in certs.items()}
+    if plaintext:
+        out["certificates"] = "migration:plaintext is true: the stream goes in clear"
+    elif bad:
+        out["refused"] = [f"{n}: migration certificate: {why}" for n, why in sorted(bad.items())]
         return _failed(out)
     if check_only:
         out["comment"] = f"{target} can take {vm} (copying: {ready.get('copy') or 'nothing'})"

@@ -57,11 +57,17 @@ def _desired_settings(view):
 
 def _qemu_settings(view):
     """qemu.conf keys the model asks for: QEMU takes a live migration's incoming port from
-    this range, the range the firewall opens to the peers (migration:ports)."""
+    this range, the range the firewall opens to the peers (migration:ports), and encrypts
+    the stream unless migration:plaintext."""
     mig = view["migration"]
     if not mig["enabled"]:
         return {}
-    return {"migration_port_min": mig["ports"][0], "migration_port_max": mig["ports"][1]}
+    # QEMU's migration stream over TLS with the cluster's certificates (kvmcluster_pki),
+    # each side checking the other's; forced, so that no migration goes in clear unless
+    # the model says plaintext.
+    return {"migration_port_min": mig["ports"][0], "migration_port_max": mig["ports"][1],
+            "migrate_tls_x509_cert_dir": __utils__["kvmcluster_pki.layout"]()["dir"],
+            "migrate_tls_x509_verify": 1, "migrate_tls_force": 0 if mig["plaintext"] else 1}
 
 
 def _ret(name):

@@ -260,6 +260,18 @@ def mounted(name, fstab="/etc/fstab"):
 MARKERS = ".kvmcluster/nodes"
 
 
+def _marker_kind(files, mp, me):
+    """What is at this node's marker on the share: ``absent``, ``file`` or something else."""
+    try:
+        fd = files["kvmcluster_files.open_dir"](mp, MARKERS)
+    except FileNotFoundError:
+        return "absent"
+    try:
+        return files["kvmcluster_files.kind"](fd, me)
+    finally:
+        os.close(fd)
+
+
 def _external(ret, view, sec):
     """A share the site mounts: it must be mounted and writable here; the node leaves a
     marker (``<mountpoint>/.kvmcluster/nodes/<node>``) so that every node can see which
@@ -275,19 +287,34 @@ def _external(ret, view, sec):
                    f"read-only on {me}; the secondary storage must be writable")
         return ret
     marker = os.path.join(mp, MARKERS, me)
+    files = __utils__
     changes = {}
-    if not os.path.isfile(marker):
+    try:
+        # Whoever else writes to the share could have planted a link on the way: looked at
+        # and made without following one (kvmcluster_files).
+        here = _marker_kind(files, mp, me)
+    except OSError as exc:
+        ret.update(result=False, comment=f"{mp} on {me}: {exc}")
+        return ret
+    if here not in ("file", "absent"):
+        ret.update(result=False, comment=f"{marker} on {me} is a {here}, not the node's marker "
+                   "file: someone else put it there; remove it (nothing was written)")
+        return ret
+    if here == "absent":
         changes["marker"] = {"old": None, "new": marker}
     where = f"{live['source']} ({live['fstype']}) at {mp}"
     if changes and __opts__["test"]:
         ret.update(result=None, changes=changes, comment=f"{where}: would leave {me}'s marker")
         return ret
     try:
-        if changes:
-            os.makedirs(os.path.dirname(marker), exist_ok=True)
-            with open(marker, "w", encoding="utf-8") as fh:
-                fh.write(f"{view['self'].get('ip')}\n")
-        seen = sorted(os.listdir(os.path.join(mp, MARKERS)))
+        fd = files["kvmcluster_files.open_dir"](mp, MARKERS, make=True)
+        try:
+            if changes:
+                files["kvmcluster_files.create"](
+                    fd, me, f"{view['self'].get('ip')}\n".encode(), 0o644)
+            seen = sorted(os.listdir(fd))
+        finally:
+            os.close(fd)
     except OSError as exc:
         ret.update(result=False, changes={}, comment=f"{mp} on {me}: {exc}")
         return ret

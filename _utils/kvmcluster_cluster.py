@@ -10,6 +10,8 @@ what limits it (CPUs or versions that stop a migration one way, a pending networ
 a clock off).
 """
 
+import time
+
 CLOCK_TOLERANCE_S = 2.0
 GIB = 1 << 30
 
@@ -83,6 +85,7 @@ def _node_findings(name, rep, window):
                 out.append(_f("error", name, f"shared storage {sec.get('mountpoint')} is not "
                                              f"writable as {share.get('qemu_user')}: "
                                              f"{share.get('error', 'read-only')}"))
+    out.extend(_cert_findings(name, rep))
     pend = rep.get("network_pending")
     if isinstance(pend, dict) and pend.get("phase"):
         out.append(_f("warning", name, f"network change {pend.get('id')} pending "
@@ -94,6 +97,54 @@ def _node_findings(name, rep, window):
         out.append(_f("warning", name, f"clock off by at least {off:+.1f} s from the "
                                        "management node's"))
     return out
+
+
+def _cert_findings(name, rep):
+    """A node's migration certificate (none yet is fine: a migration issues it): one that
+    does not verify is an error, one due for renewal a warning."""
+    cert, tls = rep.get("migration_cert"), (rep.get("model") or {}).get("migration_tls")
+    if not _hyper(rep) or not isinstance(tls, dict) or tls.get("plaintext") or not cert:
+        return []
+    if not isinstance(cert, dict) or cert.get("error"):
+        return [_f("error", name, f"migration certificate: {(cert or {}).get('error', cert)}")]
+    bad = [why for ok, why in ((cert.get("signed_by_ca"), "not signed by the CA beside it"),
+                               (cert.get("key_matches"), "not for the node's key"),
+                               (cert.get("client_cert_same"), "client and server copies differ"))
+           if not ok]
+    if bad:
+        return [_f("error", name, f"migration certificate {', '.join(bad)}: run salt-run "
+                                  "kvmcluster.certificates")]
+    left = _seconds_left(cert.get("not_after"), rep.get("time"))
+    if left is not None and left <= (tls.get("renew_hours") or 0) * 3600:
+        return [_f("warning", name, f"migration certificate "
+                                    f"{'expires' if left > 0 else 'expired'} "
+                                    f"{cert['not_after']}: run salt-run kvmcluster.certificates "
+                                    "(a migration renews it too)")]
+    return []
+
+
+def _seconds_left(not_after, now):
+    import datetime  # pylint: disable=import-outside-toplevel
+
+    try:
+        after = datetime.datetime.strptime(str(not_after), "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=datetime.timezone.utc).timestamp()
+    except ValueError:
+        return None
+    return after - float(now if isinstance(now, (int, float)) else time.time())
+
+
+def _ca_findings(reports):
+    """Nodes whose certificates come from different CAs cannot migrate to each other."""
+    cas = {}
+    for name, rep in reports.items():
+        cert = rep.get("migration_cert")
+        if isinstance(cert, dict) and cert.get("ca_fingerprint"):
+            cas.setdefault(cert["ca_fingerprint"][:16], []).append(name)
+    if len(cas) < 2:
+        return []
+    return [_f("error", None, "migration certificates from different CAs: " + "; ".join(
+        f"{fp}: {', '.join(sorted(ns))}" for fp, ns in sorted(cas.items())))]
 
 
 def clock_offset(rep, window):
@@ -181,6 +232,7 @@ def findings(reports, window=None):
     ok = {n: r for n, r in reports.items() if not r.get("unreachable")
           and not r.get("model_error")}
     hyper = {n: r for n, r in ok.items() if _hyper(r)}
+    out += _ca_findings(hyper)
     out += _differs(ok, "bridge MTU", lambda r: r["bridge"]["mtu"])
     out += _differs(hyper, "primary pool path",
                     lambda r: r["libvirt"]["pools"]["primary"]["path"])
@@ -255,6 +307,18 @@ def _port_cell(br, wide=True):
     return " ".join(cells) or "-"
 
 
+def _cert_cell(rep):
+    """The migration certificate's expiry (UTC), or why there is none to show."""
+    cert = rep.get("migration_cert")
+    if not _hyper(rep):
+        return "-"
+    if not cert:
+        return "none yet"
+    if not isinstance(cert, dict) or cert.get("error"):
+        return "ERROR"
+    return cert.get("not_after", "?").replace("T", " ").rstrip("Z")[:16]
+
+
 def row(name, rep, window=None, wide=True):
     """One node's cells, in the order of COLUMNS (``wide``) or of NARROW."""
     cells = _row(name, rep, window, wide)
@@ -297,11 +361,12 @@ def _row(name, rep, window, wide):
         f"{lv.get('libvirt_version', '-')}/{lv.get('qemu_version', '-')}" if lv else "-",
         (pend.get("phase") if isinstance(pend, dict) and pend.get("phase") else "-"),
         "-" if off is None else f"{off:+.1f}s",
+        _cert_cell(rep),
     ]
 
 
 COLUMNS = ["NODE", "BRIDGE ADDRESS", "PORT", "MTU", "LIBVIRTD", "PRIMARY", "SECONDARY",
-           "SHARE", "VMS RUN/ALL", "CPU", "LIBVIRT/QEMU", "NET TXN", "CLOCK"]
+           "SHARE", "VMS RUN/ALL", "CPU", "LIBVIRT/QEMU", "NET TXN", "CLOCK", "MIGRATION CERT"]
 # The default table fits a 120-column terminal: CPU, versions and clock disagree only as
 # findings (printed below the table); ``columns=all`` shows them per node.
 NARROW = ["NODE", "BRIDGE ADDRESS", "PORT", "MTU", "LIBVIRTD", "PRIMARY", "SECONDARY",

@@ -152,6 +152,14 @@ KEYS = [
      "key; kept on the management node and never shown.", "not an OpenSSH private key"),
     ("migration:ssh:public_key", "public key", "Its public half, in the account's "
      "``authorized_keys`` with a forced command.", "as ``account:ssh_keys``"),
+    ("migration:plaintext", "switch", "QEMU's migration stream (guests' memory, copied "
+     "disks) in clear instead of TLS with the cluster's certificates; only on a network no "
+     "guest or other tenant reaches.", "anything but true or false"),
+    ("migration:certificates:valid_hours", "hours", "How long a node's migration "
+     "certificate is valid when issued.", "outside 1-87600"),
+    ("migration:certificates:renew_hours", "hours", "A certificate with fewer hours left is "
+     "issued again by the next ``certificates`` or ``migrate`` run; status warns.",
+     "outside 0-8760; at or above ``valid_hours``"),
     ("libvirt_python:version", "version or null", "libvirt-python for minions with a Python "
      "of their own; null: the node's libvirt version.", "not a quoted version like '9.0.0'"),
     ("libvirt_python:index_url", "URL or null", "A package index instead of PyPI.",

@@ -48,15 +48,16 @@ def seed_pillar():
 
 
 def utils_dunder():
-    """``__utils__`` for a state module loaded as plain Python: the repository's _utils."""
-    state = load_module("_utils", "kvmcluster_state")
-    safe = load_module("_utils", "kvmcluster_safe")
-    guard = load_module("_utils", "kvmcluster_guard")
-    out = {"kvmcluster_state.skeleton": state.skeleton, "kvmcluster_safe.check": safe.check,
-           "kvmcluster_safe.fcontext_spec": safe.fcontext_spec,
-           "kvmcluster_safe.withhold": safe.withhold}
-    out.update({f"kvmcluster_guard.{f}": getattr(guard, f)
-                for f in ("filter_name", "filter_xml", "wanted", "filterref", "read", "label")})
+    """``__utils__`` for a module loaded as plain Python: the public functions of the
+    repository's _utils, named as Salt's loader names them."""
+    import inspect
+
+    out = {}
+    for path in sorted((REPO / "_utils").glob("kvmcluster_*.py")):
+        mod = load_module("_utils", path.stem)
+        out.update({f"{path.stem}.{n}": f for n, f in vars(mod).items()
+                    if not n.startswith("_") and inspect.isfunction(f)
+                    and f.__module__ == mod.__name__})
     return out
 
 

@@ -38,6 +38,8 @@ REPO_PACKAGES = [
     "firewalld", "apparmor", "dnsmasq", "sudo",
     # libvirt's traffic filters for the guests (clean-traffic; ebtables-nft comes with it).
     "iptables",
+    # The nodes' migration keys and signing requests.
+    "python3-cryptography",
     # Building libvirt-python into a minion's own Python (onedir-style minions).
     "gcc", "pkg-config", "libvirt-dev", "python3-dev",
     # What docs/install.rst installs on a bare management node (its test runs the guide).
@@ -49,7 +51,7 @@ REPO_PACKAGES = [
 VM_PREINSTALLED = [
     "qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients",
     "python3-libvirt", "nfs-kernel-server", "nfs-common", "bridge-utils",
-    "ifenslave", "firewalld", "apparmor", "iptables",
+    "ifenslave", "firewalld", "apparmor", "iptables", "python3-cryptography",
 ]
 
 # Python packages the lab serves (pip --find-links) for minions with their own Python.

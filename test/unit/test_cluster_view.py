@@ -146,6 +146,36 @@ def test_bond_slaves_without_link_or_lacp_are_warnings():
                                                                             reps["kvm01"])
 
 
+def _with_cert(rep, after="1970-01-02T00:00:00Z", ca="aa" * 32, **over):
+    rep["model"]["migration_tls"] = {"plaintext": False, "renew_hours": 10}
+    rep["migration_cert"] = dict({"subject": rep["node"], "not_after": after,
+                                  "ca_fingerprint": ca, "signed_by_ca": True,
+                                  "key_matches": True, "client_cert_same": True}, **over)
+    return rep
+
+
+def test_migration_certificates_expiry_shown_and_faults_found():
+    # time 1001 s after the epoch: 1970-01-02 is ~23 h ahead, 1970-01-01T05:00 ~4 h.
+    reps = converged()
+    reps["kvm01"] = _with_cert(reps["kvm01"])
+    assert cl.findings(reps, WINDOW) == []  # kvm02 has none yet: a migration issues it
+    wide = cl.table(reps, [], WINDOW, wide=True).splitlines()
+    assert wide[0].endswith("MIGRATION CERT")
+    assert wide[1].endswith("1970-01-02 00:00") and wide[2].endswith("none yet")
+    reps["kvm02"] = _with_cert(reps["kvm02"], after="1970-01-01T05:00:00Z")
+    assert whats(cl.findings(reps, WINDOW)) == [
+        ("kvm02", "migration certificate expires 1970-01-01T05:00:00Z: run salt-run "
+                  "kvmcluster.certificates (a migration renews it too)")]
+    reps["kvm02"] = _with_cert(reps["kvm02"], ca="bb" * 32, key_matches=False)
+    found = cl.findings(reps, WINDOW)
+    assert ("kvm02", "migration certificate not for the node's key: run salt-run "
+                     "kvmcluster.certificates") in whats(found, "error")
+    assert (None, f"migration certificates from different CAs: {'aa' * 8}: kvm01; "
+                  f"{'bb' * 8}: kvm02") in whats(found, "error")
+    reps["kvm02"]["model"]["migration_tls"]["plaintext"] = True
+    assert not any(f["node"] == "kvm02" for f in cl.findings(reps, WINDOW))
+
+
 def test_reports_of_any_shape_never_raise():
     reps = converged()
     odd = copy.deepcopy(reps)

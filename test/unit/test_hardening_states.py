@@ -577,9 +577,14 @@ def test_qemu_conf_takes_the_migration_ports_and_keeps_its_mode(conf_files):
     real = _config(conf_files, v, False)
     assert real["result"] is True, real["comment"]
     assert predicted["result"] is None and predicted["changes"] == real["changes"]
+    # The stream over TLS with the cluster's certificates, each side checking the other's,
+    # and no migration in clear (forced).
     assert real["changes"][conf_files["qemu_config"]] == {
         "migration_port_min": {"old": None, "new": "50000"},
-        "migration_port_max": {"old": None, "new": "50063"}}
+        "migration_port_max": {"old": None, "new": "50063"},
+        "migrate_tls_x509_cert_dir": {"old": None, "new": '"/etc/pki/qemu"'},
+        "migrate_tls_x509_verify": {"old": None, "new": "1"},
+        "migrate_tls_force": {"old": None, "new": "1"}}
     qemu = conf_files["qemu_config"]
     assert oct(os.stat(qemu).st_mode & 0o777) == "0o600"  # it may hold passwords
     text = open(qemu, encoding="utf-8").read()
@@ -587,6 +592,19 @@ def test_qemu_conf_takes_the_migration_ports_and_keeps_its_mode(conf_files):
     assert oct(os.stat(conf_files["path"]).st_mode & 0o777) == "0o644"
     again = _config(conf_files, v, False)
     assert (again["result"], again["changes"]) == (True, {})
+
+
+def test_plaintext_migration_is_only_what_the_model_says(conf_files):
+    v = view("kvm02")
+    v["migration"]["plaintext"] = True
+    real = _config(conf_files, v, False)
+    assert real["result"] is True, real["comment"]
+    assert real["changes"][conf_files["qemu_config"]]["migrate_tls_force"] == {
+        "old": None, "new": "0"}
+    v["migration"]["plaintext"] = False
+    back = _config(conf_files, v, False)
+    assert back["changes"][conf_files["qemu_config"]] == {
+        "migrate_tls_force": {"old": "0", "new": "1"}}
 
 
 def test_qemu_conf_is_left_alone_without_migration(conf_files):
