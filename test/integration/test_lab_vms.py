@@ -11,6 +11,7 @@ import time
 import pytest
 
 from lab import control, guest, net, paths, saltcfg
+from lab.capture import Capture
 from lab.report import summarize
 from labtest import Lab, SecretScan, debug_lines, key_needles, record_timing, show
 
@@ -425,6 +426,7 @@ def test_live_migration_with_a_copied_disk_and_with_a_shared_disk(at_base):
         with Listeners("kvm02") as listening:
             data, proc, took = migrate(vm, "kvm02", "progress=1")
         assert proc.returncode == 0 and data["migrated"], data
+        assert isinstance(data["certificates"], dict), data  # over TLS (the default)
         # The incoming side (QEMU, and the disk copy's NBD server) listened in the range the
         # firewall opens to the peers, and nowhere else above 49151.
         assert listening.ports and all(low <= p <= high for p in listening.ports), \
@@ -447,7 +449,7 @@ def test_live_migration_with_a_copied_disk_and_with_a_shared_disk(at_base):
         record_timing(f"live migration of {vm} kvm01 -> kvm02 ({how}): migration s",
                       data["seconds"])
         record_timing(f"live migration of {vm} kvm01 -> kvm02 ({how}): runner total s", took)
-        show(f"{vm} migrated live kvm01 -> kvm02 ({how})",
+        show(f"{vm} migrated live kvm01 -> kvm02 ({how}, stream over TLS)",
              f"downtime {data['downtime_ms']} ms, migration {data['seconds']} s, runner "
              f"{data['total_seconds']} s, copied {data['copied']}, source cleanup "
              f"{data.get('source_cleanup')}\nlistening on kvm02 meanwhile (above 49151): "
@@ -621,3 +623,85 @@ def test_a_spoofing_guest_reaches_nothing_while_its_own_address_works(at_base):
         lab.set_pillar(pillar)
         lab.apply_on("kvm01")
         lab.reset_pillar()
+
+
+def test_the_migration_stream_holds_guest_memory_in_clear_only_under_plaintext(at_base,
+                                                                              tmp_path):
+    """A capture on the lab switch of the migration ports while vm1 (its disk copied)
+    moves: under the defaults (TLS) the string the guest holds in memory is not in it, with
+    migration:plaintext true it is; so the test can fail."""
+    lab = at_base
+    seen = {}
+    for mode in ("tls", "plaintext"):
+        if mode == "plaintext":
+            pillar = with_edit(lab)
+            pillar["kvmcluster"]["migration"]["plaintext"] = True
+            lab.set_pillar(pillar)
+            for n in ("kvm01", "kvm02"):
+                applied, proc = lab.apply_on(n)
+                assert summarize(applied[n])["failed"] == 0, proc.stdout[-1500:]
+            conf = lab.ssh("kvm02", "grep -E '^migrate_tls_force' /etc/libvirt/qemu.conf")
+            assert conf.strip() == "migrate_tls_force = 0", conf
+        with Capture(net.SWITCH, saltcfg.MIGRATION_PORTS, guest.MEMORY_MARKER,
+                     tmp_path / f"{mode}.json") as cap:
+            data, proc, _ = migrate("vm1", "kvm02")
+        assert proc.returncode == 0 and data["migrated"], data
+        back, proc, _ = migrate("vm1", "kvm01")
+        assert proc.returncode == 0 and back["migrated"], back
+        seen[mode] = (cap.result, data)
+    tls, clear = seen["tls"][0], seen["plaintext"][0]
+    # Both captures saw the whole move: more bytes than the guest's memory in use.
+    assert tls["bytes"] > 8 << 20 and clear["bytes"] > 8 << 20, seen
+    assert tls["found"] == 0 and tls["tls_flows"] >= 1, tls
+    assert clear["found"] >= 1 and clear["tls_flows"] == 0, clear
+    for mode, (cap, data) in seen.items():
+        record_timing(f"live migration of vm1 kvm01 -> kvm02 (disk copied, {mode}): "
+                      "libvirt downtime ms", data["downtime_ms"])
+        record_timing(f"live migration of vm1 kvm01 -> kvm02 (disk copied, {mode}): "
+                      "migration s", data["seconds"])
+    show("the migration ports captured on the lab switch while vm1 moved kvm01 -> kvm02",
+         "\n".join(f"{mode}: {cap['bytes'] / (1 << 20):.1f} MiB in {cap['packets']} segments, "
+                   f"{cap['flows']} flows ({cap['tls_flows']} opening with a TLS handshake), "
+                   f"guest memory marker found {cap['found']} times; migration "
+                   f"{data['seconds']} s, downtime {data['downtime_ms']} ms"
+                   for mode, (cap, data) in seen.items()))
+
+
+def test_certificates_issued_renewed_and_shown_in_status(at_base):
+    """Each node's certificate from the cluster's CA (valid 2 h in the lab): kept while
+    good, issued again when fewer hours are left than renew_hours says, its expiry in the
+    status table; the CA's key stays on the management node."""
+    lab = at_base
+    first, proc = run_json("kvmcluster.certificates", "ssh=True", "tgt=kvm*")
+    assert proc.returncode == 0, first
+    assert sorted(first["certificates"]) == ["kvm01", "kvm02"]
+    before = {n: c["not_after"] for n, c in first["certificates"].items()}
+    for n, c in first["certificates"].items():
+        assert c["signed_by_ca"] and c["key_matches"], c
+        assert lab.ip[n] in c["ips"] and n in c["dns"], c
+        # Root and QEMU's group read the key; nobody else.
+        mode = lab.ssh(n, "stat -c '%a %U %G' /etc/pki/qemu/server-key.pem").split()
+        assert mode == ["640", "root", "libvirt-qemu"], mode
+        assert lab.ssh(n, "ls /etc/pki/qemu | grep -c ca-key || true").strip() == "0"
+    kept, _ = run_json("kvmcluster.certificates", "ssh=True", "tgt=kvm*")
+    assert {c["action"] for c in kept["certificates"].values()} == {"kept"}, kept
+    pillar = with_edit(lab)
+    pillar["kvmcluster"]["migration"]["certificates"] = {"valid_hours": 6, "renew_hours": 5}
+    try:
+        lab.set_pillar(pillar)
+        renewed, proc = run_json("kvmcluster.certificates", "ssh=True", "tgt=kvm*")
+        assert proc.returncode == 0, renewed
+        for n, c in renewed["certificates"].items():
+            assert c["action"].startswith("issued: expires "), c
+            assert c["not_after"] > before[n], (c, before[n])
+        table = saltcfg.salt_run("kvmcluster.status", "ssh=True", "columns=all", timeout=300)
+        rows = {ln.split()[0]: ln for ln in table.stdout.splitlines() if ln.startswith("kvm")}
+        for n, c in renewed["certificates"].items():
+            assert rows[n].rstrip().endswith(c["not_after"].replace("T", " ")[:16]), rows[n]
+    finally:
+        lab.reset_pillar()
+    show("salt-run kvmcluster.certificates: issued, kept, renewed (valid 2 h, then 6 h "
+         "with renew_hours 5)",
+         "\n".join(f"{n}: {before[n]} -> {c['not_after']} ({c['action']})"
+                    for n, c in sorted(renewed["certificates"].items()))
+         + "\nstatus (columns=all):\n" + table.stdout.strip())

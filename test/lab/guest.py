@@ -168,6 +168,9 @@ ACPI_MARKER = "KVMCLUSTER-ACPI"
 READY_MARKER = "KVMCLUSTER-VM-READY"
 TICK_MARKER = "KVMCLUSTER-TICK"
 SPOOF_MARKER = "KVMCLUSTER-SPOOF"
+# A string only the guest's memory holds (its init, a file in its RAM-backed root, the
+# initrd's freed pages): a live migration's stream carries it, in clear unless encrypted.
+MEMORY_MARKER = "KVMCLUSTER-GUEST-MEMORY-5f0c9e2b7d41a386"
 VM_MODULES = VIRTIO_NET + ["virtio_blk", "virtio_balloon", "button", "evdev"]
 # The init of a VM made from the golden image: it reads its own disk, leases its address
 # (and host name) by DHCP, configures it, powers off on the ACPI power button unless its
@@ -193,6 +196,7 @@ else
     echo "{ACPI_MARKER} honoured (${{e##*/}})"
   done
 fi
+echo "{MEMORY_MARKER}" > /memory-marker
 echo "{READY_MARKER}"
 # A hostile guest (kvmcluster.spoof=<addr> kvmcluster.peer=<addr> on its command line):
 # it also takes an address that is not its own and, at every tick, pings the peer from

@@ -91,7 +91,9 @@ MIGRATION_PORTS = (49400, 49463)
 def _migration_over_ssh(k, nodes):
     """Each node's host key in pillar, as an operator would paste from kvmcluster.host_keys;
     the migration key pair when every hypervisor has one (VM nodes make theirs at boot)."""
-    k["migration"] = {"ports": list(MIGRATION_PORTS)}
+    # Certificates valid two hours, renewed with one left: short enough to renew in a test.
+    k["migration"] = {"ports": list(MIGRATION_PORTS),
+                      "certificates": {"valid_hours": 2, "renew_hours": 1}}
     keys = {n.name: _host_key(n) for n in nodes}
     for n in nodes:
         if keys[n.name]:

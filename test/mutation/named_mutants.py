@@ -276,6 +276,42 @@ MUTS.update({
     "antispoof false is ignored": (
         "_utils/kvmcluster_guard.py", "test/unit/test_guard.py",
         "    if not vm.get(\"antispoof\", True):\n        return None\n", ""),
+    "a migration's stream in clear by default": (
+        "_modules/kvmcluster_migration.py", "test/unit/test_migration_unit.py",
+        "        if not view[\"migration\"][\"plaintext\"]:\n", "        if False:\n"),
+    "qemu.conf lets a migration go in clear": (
+        "_states/kvmcluster_libvirt.py", HARDENING,
+        "\"migrate_tls_force\": 0 if mig[\"plaintext\"] else 1", "\"migrate_tls_force\": 0"),
+    "a node installs a certificate for another key": (
+        "_modules/kvmcluster_pki.py", "test/unit/test_pki.py",
+        "                if not _u(\"same_key\")(cert, key):", "                if False:"),
+    "a node installs a certificate of another CA": (
+        "_modules/kvmcluster_pki.py", "test/unit/test_pki.py",
+        "                if not _u(\"signed_by\")(cert, ca):", "                if False:"),
+    "the runner signs the names a request asks for": (
+        "_utils/kvmcluster_pki.py", "test/unit/test_pki.py",
+        "    sans = [f\"DNS:{d}\" for d in dns]", "    sans = [f\"DNS:{d}\" for d in dns + [node + '.evil']]"),
+    "a request's signature is not checked": (
+        "_utils/kvmcluster_pki.py", "test/unit/test_pki.py",
+        "    if not csr.is_signature_valid:", "    if False:"),
+    "a certificate due for renewal is kept": (
+        "_utils/kvmcluster_pki.py", "test/unit/test_pki.py",
+        "    if left <= renew_hours * 3600:", "    if left <= 0:"),
+    "the CA directory may be open to others": (
+        "_runners/kvmcluster.py", "test/unit/test_pki.py",
+        "        if os.fstat(fd).st_uid != os.geteuid() or os.fstat(fd).st_mode & 0o077:",
+        "        if False:"),
+    "root walks through a link on the share": (
+        "_utils/kvmcluster_files.py", "test/unit/test_pki.py",
+        "DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC",
+        "DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC"),
+    "root writes a new file through a planted link": (
+        "_utils/kvmcluster_files.py", "test/unit/test_pki.py",
+        "NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC",
+        "NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC"),
+    "the share marker follows a planted link": (
+        "_states/kvmcluster_nfs.py", "test/unit/test_pki.py",
+        "    if here not in (\"file\", \"absent\"):", "    if False:"),
 })
 # Arguments: run only the mutants whose names contain one of them.
 if sys.argv[1:]:

@@ -294,3 +294,58 @@ def test_bandwidth_is_mib_per_second(mig, value, want):
 def test_a_bandwidth_that_is_no_number_is_refused(mig, value):
     with pytest.raises(mig.CommandExecutionError, match="give MiB/s, 1-100000"):
         mig._bandwidth(value)
+
+
+class _Dom:
+    """A running VM whose migration call is recorded (the test driver cannot migrate)."""
+
+    def __init__(self, calls):
+        self.calls = calls
+
+    def isActive(self):  # noqa: N802 - libvirt's names
+        return 1
+
+    def autostart(self):
+        return 0
+
+    def setAutostart(self, flag):  # noqa: N802
+        pass
+
+    def isPersistent(self):  # noqa: N802
+        return 1
+
+    def migrateToURI3(self, uri, params, flags):  # noqa: N802
+        self.calls.append((uri, dict(params), flags))
+
+    def jobStats(self, flags=0):  # noqa: N802
+        return {"downtime": 12, "time_elapsed": 900}
+
+
+class _Conn:
+    def __init__(self, calls):
+        self.calls = calls
+
+    def lookupByName(self, name):  # noqa: N802
+        return _Dom(self.calls)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("plaintext", [False, True])
+def test_the_stream_is_encrypted_unless_the_model_says_plaintext(plaintext):
+    """migrate() asks libvirt for TLS (QEMU's stream and the disk copy) under the defaults,
+    and leaves it out only with migration:plaintext true."""
+    calls = []
+    mod = load_module("_modules", "kvmcluster_migration")
+    mod.__utils__ = {**utils_dunder(), "kvmcluster_virt.binding": lambda: libvirt,
+                     "kvmcluster_virt.connect": lambda uri: _Conn(calls)}
+    v = view("kvm01", edit=lambda p: p["migration"].update(plaintext=plaintext))
+    mod.__salt__ = {"kvmcluster_model.current": lambda: v}
+    out = mod.migrate("web1", "kvm02", copy=["vda"])
+    assert out["to"] == "kvm02" and out["downtime_ms"] == 12
+    (uri, params, flags), = calls
+    assert uri == "qemu+ssh://kvmadmin@172.30.10.42/system"
+    assert params[libvirt.VIR_MIGRATE_PARAM_URI] == "tcp://172.30.10.42"
+    assert bool(flags & libvirt.VIR_MIGRATE_TLS) is not plaintext
+    assert flags & libvirt.VIR_MIGRATE_NON_SHARED_INC and flags & libvirt.VIR_MIGRATE_LIVE
