@@ -654,7 +654,7 @@ def test_the_migration_stream_holds_guest_memory_in_clear_only_under_plaintext(a
     assert tls["bytes"] > 8 << 20 and clear["bytes"] > 8 << 20, seen
     assert tls["found"] == 0 and tls["tls_flows"] >= 1, tls
     assert clear["found"] >= 1 and clear["tls_flows"] == 0, clear
-    for mode, (cap, data) in seen.items():
+    for mode, (_, data) in seen.items():
         record_timing(f"live migration of vm1 kvm01 -> kvm02 (disk copied, {mode}): "
                       "libvirt downtime ms", data["downtime_ms"])
         record_timing(f"live migration of vm1 kvm01 -> kvm02 (disk copied, {mode}): "
