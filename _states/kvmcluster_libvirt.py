@@ -113,6 +113,13 @@ def config_managed(name, path, rw_sockets=(), ro_sockets=(), env_file=None, env=
             if diff:
                 changes[conf[0]] = diff
                 stale.append(conf)
+        # libvirtd refuses to start while qemu.conf names a certificate directory that is
+        # not there: it is made first (empty; kvmcluster_pki fills it).
+        cert_dir = (confs[-1][1].get("migrate_tls_x509_cert_dir")
+                    if confs and confs[-1][0] == qemu_config else None)
+        if cert_dir and not os.path.isdir(cert_dir):
+            changes[cert_dir] = {"old": None, "new": "directory (QEMU's migration "
+                                                     "certificates)"}
         lv = view["libvirt"]
         dropins = {}
         for sockets, mode in ((rw_sockets, lv["unix_sock_rw_perms"]),
@@ -136,6 +143,10 @@ def config_managed(name, path, rw_sockets=(), ro_sockets=(), env_file=None, env=
         ret.update(result=None, changes=changes, comment=f"{len(changes)} file(s) would change")
         return ret
     try:
+        if cert_dir in changes:
+            base = os.path.dirname(os.path.dirname(cert_dir))
+            os.close(__utils__["kvmcluster_files.open_dir"](
+                base, os.path.relpath(cert_dir, base), make=True, mode=0o755))
         for conf_path, settings, sep in stale:
             __salt__["kvmcluster_libvirt.conf_write"](conf_path, settings, sep=sep)
         for p, text in dropins.items():
@@ -147,6 +158,8 @@ def config_managed(name, path, rw_sockets=(), ro_sockets=(), env_file=None, env=
             left.update(__salt__["kvmcluster_libvirt.conf_diff"](conf_path, settings))
         left_dropins = [p for p, t in dropins.items()
                         if __salt__["kvmcluster_node.file_text"](p) != t]
+        if cert_dir in changes and not os.path.isdir(cert_dir):
+            left[cert_dir] = "not made"
     except Exception as exc:  # pylint: disable=broad-except
         ret.update(result=False, comment=str(exc), changes=changes)
         return ret

@@ -550,7 +550,10 @@ def conf_files(tmp_path):
     files["qemu_config"].chmod(0o600)
     lv_mod.__salt__ = {"kvmcluster_node.write_file": node_mod.write_file}
     systemctl = []
-    lv_state.__utils__ = UTILS
+    certs = tmp_path / "etc" / "pki" / "qemu"
+    (tmp_path / "etc").mkdir()
+    lv_state.__utils__ = {**UTILS, "kvmcluster_pki.layout": lambda: {"dir": str(certs)}}
+    files["certs"] = certs
     lv_state.__salt__ = {
         "kvmcluster_libvirt.conf_diff": lv_mod.conf_diff,
         "kvmcluster_libvirt.conf_write": lv_mod.conf_write,
@@ -567,7 +570,8 @@ def _config(files, v, test):
     lv_state.__salt__["kvmcluster_model.current"] = lambda: copy.deepcopy(v)
     lv_state.__opts__ = {"test": test}
     return lv_state.config_managed("c", rw_sockets=["libvirtd.socket"],
-                                   env={"LIBVIRTD_ARGS": ""}, **files)
+                                   env={"LIBVIRTD_ARGS": ""},
+                                   **{k: v for k, v in files.items() if k != "certs"})
 
 
 def test_qemu_conf_takes_the_migration_ports_and_keeps_its_mode(conf_files):
@@ -582,9 +586,13 @@ def test_qemu_conf_takes_the_migration_ports_and_keeps_its_mode(conf_files):
     assert real["changes"][conf_files["qemu_config"]] == {
         "migration_port_min": {"old": None, "new": "50000"},
         "migration_port_max": {"old": None, "new": "50063"},
-        "migrate_tls_x509_cert_dir": {"old": None, "new": '"/etc/pki/qemu"'},
+        "migrate_tls_x509_cert_dir": {"old": None, "new": f'"{conf_files["certs"]}"'},
         "migrate_tls_x509_verify": {"old": None, "new": "1"},
         "migrate_tls_force": {"old": None, "new": "1"}}
+    # The directory qemu.conf names is made (libvirtd would not start without it).
+    assert real["changes"][conf_files["certs"]] == {
+        "old": None, "new": "directory (QEMU's migration certificates)"}
+    assert os.path.isdir(conf_files["certs"])
     qemu = conf_files["qemu_config"]
     assert oct(os.stat(qemu).st_mode & 0o777) == "0o600"  # it may hold passwords
     text = open(qemu, encoding="utf-8").read()
