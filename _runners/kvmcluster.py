@@ -423,8 +423,9 @@ def _certificates(nodes, ssh, timeout, issue=True, renew=False):
         except (KeyError, ValueError) as exc:
             missing[node] = f"cannot issue its certificate: {exc}"
             continue
+        # Keyword arguments: base64 may end in '=', which Salt would read as key=value.
         got, lost = _call("kvmcluster_pki.install", [node], "list", ssh, timeout,
-                          arg=[_b64(cert), _b64(ca)])
+                          kwarg={"cert": _b64(cert), "ca": _b64(ca)})
         new = got.get(node)
         if not isinstance(new, dict) or pki["renewal"](new, ca_fp, model["dns"], model["ips"],
                                                        model["renew_hours"]):

@@ -217,10 +217,15 @@ def round_trip(on_node, tmp_path, monkeypatch):
 
     def call(fun, tgt, tgt_type, ssh, timeout, arg=(), kwarg=None):
         assert fun == "kvmcluster_pki.install"
-        # The arguments are public: one word each (base64), no key material.
-        assert all(" " not in a and "\n" not in a for a in arg)
+        # What the node gets is what Salt's own parser makes of the call (a word with '='
+        # becomes a keyword argument); public values only, one word each.
+        import salt.utils.args
+
+        words = list(arg) + [f"{k}={v}" for k, v in (kwarg or {}).items()]
+        assert all(" " not in w and "\n" not in w and "PRIVATE" not in w for w in words)
+        args, kwargs = salt.utils.args.parse_input(words, condition=False)
         calls.append(fun)
-        return {n: mods[n].install(*arg) for n in tgt}, {}
+        return {n: mods[n].install(*args, **kwargs) for n in tgt}, {}
 
     monkeypatch.setattr(runner, "_call_model", call_model)
     monkeypatch.setattr(runner, "_call", call)
