@@ -11,7 +11,8 @@ import time
 import pytest
 
 from lab import control, guest, net, paths, saltcfg
-from lab.capture import Capture
+from lab import capture
+from lab.capture import Capture, PortWatch
 from lab.report import summarize
 from labtest import Lab, SecretScan, debug_lines, key_needles, record_timing, show
 
@@ -705,3 +706,103 @@ def test_certificates_issued_renewed_and_shown_in_status(at_base):
          "\n".join(f"{n}: {before[n]} -> {c['not_after']} ({c['action']})"
                     for n, c in sorted(renewed["certificates"].items()))
          + "\nstatus (columns=all):\n" + table.stdout.strip())
+
+
+def hostile_lines(lab, vm, node, after=0):
+    return [ln.split(None, 2)[2] for ln in console(lab, vm, node)[after:].splitlines()
+            if ln.startswith(guest.HOSTILE_MARKER + " ") and len(ln.split()) == 4]
+
+
+def _repair_after_takeover(lab, node_ip):
+    """The lab's caches after a guest claimed a node's address and MAC with its filter
+    off: neighbours and the switch's forwarding table learn the node again."""
+    for ns in (net.CONTROLLER,):
+        net.nsexec(ns, "ip", "neigh", "flush", "to", node_ip, check=False, capture=True)
+    net.nsexec(net.SWITCH, "ip", "link", "set", net.BRIDGE, "type", "bridge", "fdb_flush",
+               check=False, capture=True)
+    for n in ("mgmt01", "kvm01"):
+        lab.ssh(n, f"ip neigh flush to {node_ip}", check=False, timeout=30)
+    lab.ssh("kvm02", f"ping -c 2 -W 2 {net.GATEWAY} >/dev/null 2>&1 || true", timeout=60)
+
+
+def test_a_guest_in_a_nodes_place_reaches_nothing_while_its_neighbour_works(at_base,
+                                                                          tmp_path):
+    """A guest on kvm01 that takes kvm02's MAC and address, announces the address, reaches
+    for mgmt01 (ping, SSH) from it and serves DHCP: with its filter, nothing of that leaves
+    kvm01 (watched on kvm01's switch port), mgmt01 still knows kvm02 by kvm02's MAC, a DHCP
+    client on the switch hears no second server, and vm1 on the same node answers. With the
+    filter off (antispoof false, live) the same guest's frames are on the wire: the test
+    can fail."""
+    lab = at_base
+    node_ip, peer = lab.ip["kvm02"], lab.ip["mgmt01"]
+    node_mac = lab.ssh("kvm02", "cat /sys/class/net/br0/address").strip()
+    pillar = with_edit(lab, rogue1={"node": "kvm01", "image": "tiny-hostile",
+                                    "ip": f"{saltcfg.SUBNET_BASE}.116"})
+    k = pillar["kvmcluster"]
+    k["images"]["tiny-hostile"] = dict(k["images"]["tiny"], cmdline=(
+        f"{k['images']['tiny']['cmdline']} kvmcluster.hostile={node_ip},{node_mac},{peer}"))
+    took_off = False
+    try:
+        lab.set_pillar(pillar)
+        applied, proc = lab.apply_on("kvm01")
+        assert summarize(applied["kvm01"])["failed"] == 0, proc.stdout[-1500:]
+        assert "<filterref filter='kvmcluster-guest'>" in lab.ssh("kvm01",
+                                                                  "virsh dumpxml rogue1")
+        deadline = time.monotonic() + 180
+        while len(hostile_lines(lab, "rogue1", "kvm01")) < 2 and time.monotonic() < deadline:
+            time.sleep(2)
+        start = len(console(lab, "rogue1", "kvm01"))
+        with PortWatch(net.SWITCH, "v-kvm01", node_ip, node_mac, tmp_path / "on.json") as on:
+            offers_on = capture.offers(net.CONTROLLER, 8, tmp_path / "offers-on.json")
+            while len(hostile_lines(lab, "rogue1", "kvm01", start)) < 3 \
+                    and time.monotonic() < deadline:
+                time.sleep(2)
+            neighbour = lab.ssh("mgmt01", f"ip -j neigh show {node_ip}")
+            vm1 = lab.ssh("mgmt01", f"ping -c 2 -W 2 {saltcfg.VM_IPS['vm1']} >/dev/null && "
+                                    "echo answers || echo silent").strip()
+        lines_on = hostile_lines(lab, "rogue1", "kvm01", start)
+        w = on.result
+        assert len(lines_on) >= 3 and set(lines_on) == {"ping=blocked ssh=blocked"}, lines_on
+        assert w["frames"] > 0 and (w["node_mac"], w["arp_claims"], w["ip_from"],
+                                    w["dhcp_server"]) == (0, 0, {}, 0), w
+        assert set(offers_on) <= {peer}, offers_on
+        assert all(e.get("lladdr", node_mac) == node_mac for e in json.loads(neighbour)), \
+            neighbour
+        assert vm1 == "answers"
+        # The filter off, live: the same guest's frames leave kvm01.
+        k["vms"]["rogue1"]["antispoof"] = False
+        lab.set_pillar(pillar)
+        took_off = True
+        off, proc = lab.apply_on("kvm01")
+        assert summarize(off["kvm01"])["failed"] == 0, proc.stdout[-1500:]
+        start = len(console(lab, "rogue1", "kvm01"))
+        with PortWatch(net.SWITCH, "v-kvm01", node_ip, node_mac, tmp_path / "off.json") as op:
+            offers_off = capture.offers(net.CONTROLLER, 8, tmp_path / "offers-off.json")
+            deadline = time.monotonic() + 60
+            while len(hostile_lines(lab, "rogue1", "kvm01", start)) < 3 \
+                    and time.monotonic() < deadline:
+                time.sleep(2)
+        lines_off = hostile_lines(lab, "rogue1", "kvm01", start)
+        o = op.result
+        assert o["node_mac"] > 0 and o["arp_claims"] > 0 and o["dhcp_server"] > 0, o
+        assert o["ip_from"].get("icmp") and o["ip_from"].get("tcp/22"), o
+        assert set(offers_off) - {peer}, offers_off
+    finally:
+        pillar = with_edit(lab, rogue1={"node": "kvm01", "image": "tiny", "state": "absent"})
+        lab.set_pillar(pillar)
+        lab.apply_on("kvm01")
+        if took_off:
+            _repair_after_takeover(lab, node_ip)
+        lab.reset_pillar()
+    show(f"a guest on kvm01 in kvm02's place (MAC {node_mac}, address {node_ip}, pinging and "
+         f"opening SSH to mgmt01 from it, announcing it, serving DHCP), watched on kvm01's "
+         "switch port",
+         f"with its filter: {w['frames']} frames from kvm01's port, {w['node_mac']} with "
+         f"kvm02's MAC, {w['arp_claims']} ARP claiming {node_ip}, IPv4 from it "
+         f"{w['ip_from']}, {w['dhcp_server']} DHCP answers; DHCP servers a client on the "
+         f"switch heard: {offers_on}; mgmt01's neighbour entry: {neighbour.strip()}; vm1 "
+         f"(same node) {vm1}; the guest's own view: {lines_on[-3:]}\n"
+         f"filter off (antispoof false, live): {o['frames']} frames, {o['node_mac']} with "
+         f"kvm02's MAC, {o['arp_claims']} ARP claiming {node_ip}, IPv4 from it "
+         f"{o['ip_from']}, {o['dhcp_server']} DHCP answers; DHCP servers heard: "
+         f"{offers_off}; the guest's own view: {lines_off[-3:]}")

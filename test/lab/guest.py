@@ -168,6 +168,7 @@ ACPI_MARKER = "KVMCLUSTER-ACPI"
 READY_MARKER = "KVMCLUSTER-VM-READY"
 TICK_MARKER = "KVMCLUSTER-TICK"
 SPOOF_MARKER = "KVMCLUSTER-SPOOF"
+HOSTILE_MARKER = "KVMCLUSTER-HOSTILE"
 # A string only the guest's memory holds (its init, a file in its RAM-backed root, the
 # initrd's freed pages): a live migration's stream carries it, in clear unless encrypted.
 MEMORY_MARKER = "KVMCLUSTER-GUEST-MEMORY-5f0c9e2b7d41a386"
@@ -206,6 +207,26 @@ for w in $(cat /proc/cmdline); do
   case "$w" in kvmcluster.spoof=*) spoof=${{w#*=}};; kvmcluster.peer=*) peer=${{w#*=}};; esac
 done
 [ -n "$spoof" ] && ip addr add "$spoof/32" dev eth0
+# A guest that takes a node's place (kvmcluster.hostile=<node ip>,<node mac>,<peer>): the
+# node's MAC on its NIC, the node's address beside its own, and the peer reached from that
+# address; it announces the address (gratuitous ARP) and serves DHCP. At every tick it
+# prints whether the peer answered a ping and an SSH connection from the node's address.
+hostile=
+for w in $(cat /proc/cmdline); do
+  case "$w" in kvmcluster.hostile=*) hostile=$(echo "${{w#*=}}" | tr , ' ');; esac
+done
+if [ -n "$hostile" ]; then
+  set -- $hostile
+  h_ip=$1; h_mac=$2; h_peer=$3
+  ip link set eth0 address "$h_mac" 2>/dev/null || {{
+    ip link set eth0 down; ip link set eth0 address "$h_mac"; ip link set eth0 up; }}
+  ip addr add "$h_ip/32" dev eth0
+  ip route replace "$h_peer/32" dev eth0 src "$h_ip"
+  mkdir -p /var/lib/misc /etc; touch /var/lib/misc/udhcpd.leases
+  printf 'start 10.99.0.10\\nend 10.99.0.20\\ninterface eth0\\nopt router 10.99.0.1\\n' \
+    > /etc/udhcpd.conf
+  udhcpd -S /etc/udhcpd.conf
+fi
 # A counter that only goes on while this boot of the guest runs: a live migration keeps it
 # counting (on the new node's console), a restart would begin again at 1.
 i=0
@@ -215,6 +236,12 @@ while :; do
     ping -c 1 -W 1 -I "$spoof" "$peer" >/dev/null 2>&1 && r=reached || r=blocked
     ping -c 1 -W 1 "$peer" >/dev/null 2>&1 && o=reached || o=blocked
     echo "{SPOOF_MARKER} $i spoofed=$r own=$o"
+  fi
+  if [ -n "$hostile" ]; then
+    arping -U -c 1 -I eth0 -s "$h_ip" "$h_ip" >/dev/null 2>&1
+    ping -c 1 -W 1 "$h_peer" >/dev/null 2>&1 && r=reached || r=blocked
+    echo | nc -w 1 "$h_peer" 22 >/dev/null 2>&1 && t=reached || t=blocked
+    echo "{HOSTILE_MARKER} $i ping=$r ssh=$t"
   fi
   sleep 2
 done
