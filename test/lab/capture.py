@@ -103,15 +103,18 @@ def watch_port(iface, node_ip, node_mac, seconds, out):
     Path(out).write_text(json.dumps(res))
 
 
-def dhcp_offers(seconds, out):
-    """DHCPDISCOVERs (broadcast, a random client MAC) every second for ``seconds``; the
-    servers whose offers came back (their server identifier), with counts."""
+def dhcp_offers(iface, seconds, out):
+    """DHCPDISCOVERs (broadcast on ``iface``, a random client MAC) every second for
+    ``seconds``; the servers whose offers came back (their server identifier), with
+    counts."""
     import os  # noqa: PLC0415
     import random  # noqa: PLC0415
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    # A limited broadcast leaves by the device named (no default route needed).
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
     sock.bind(("0.0.0.0", 68))
     sock.settimeout(0.3)
     chaddr = bytes([0x02]) + os.urandom(5)
@@ -145,10 +148,12 @@ def dhcp_offers(seconds, out):
     Path(out).write_text(json.dumps(servers))
 
 
-def offers(ns, seconds, out):
+def offers(ns, seconds, out, iface="eth0"):
     """``dhcp_offers`` run in namespace ``ns``: ``{server identifier: offers}``."""
-    subprocess.run(["ip", "netns", "exec", ns, sys.executable, __file__, "offers",
-                    str(seconds), str(out)], check=True, timeout=seconds + 30)
+    proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, __file__, "offers",
+                           iface, str(seconds), str(out)], capture_output=True, text=True,
+                          timeout=seconds + 30, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(Path(out).read_text())
 
 
@@ -188,7 +193,7 @@ if __name__ == "__main__":
     if sys.argv[1] == "port":
         watch_port(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]), sys.argv[6])
     elif sys.argv[1] == "offers":
-        dhcp_offers(float(sys.argv[2]), sys.argv[3])
+        dhcp_offers(sys.argv[2], float(sys.argv[3]), sys.argv[4])
     else:
         main(int(sys.argv[1]), int(sys.argv[2]), bytes.fromhex(sys.argv[3]),
              float(sys.argv[4]), sys.argv[5])
