@@ -147,3 +147,37 @@ def test_the_migration_key_never_leaves_pillar_in_master_mode(master_lab):
     scan.assert_clean("the migration key's body, looked for during highstate + status "
                       "(salt-master)", read, outputs=2, job_cache_files=cached,
                       master_debug_lines=debug_lines(master_log))
+
+
+def test_certificates_through_the_minions_keys_stay_where_they_are_made(master_lab):
+    """salt-run kvmcluster.certificates through the minions: each hypervisor's certificate
+    issued from the CA the master keeps; no private key (the CA's, a node's) in the
+    master's job cache, its log or the runner's output."""
+    for argv in (("salt-run", "saltutil.sync_all"), ("salt", "*", "saltutil.sync_all")):
+        proc = (master.salt_run(*argv[1:]) if argv[0] == "salt-run"
+                else master.salt(*argv[1:], "--timeout=120"))
+        assert proc.returncode == 0, proc.stdout[-1500:] + proc.stderr[-1500:]
+    first = master.salt_run("kvmcluster.certificates", "--out=json")
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-1500:]
+    # Then again, every certificate renewed, watched: the keys exist now to look for.
+    ca_key = next(master.MASTER_DIR.rglob("kvmcluster-ca/ca-key.pem")).read_text()
+    node_keys = [(paths.HOME / "nodes" / n / "root" / "etc/pki/qemu/server-key.pem")
+                 .read_text() for n in NODES]
+    scan = SecretScan([ln for k in [ca_key, *node_keys] for ln in key_needles(k)])
+    with scan:
+        out = master.salt_run("kvmcluster.certificates", "renew=True", "--out=json")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-1500:]
+    data = json.loads(out.stdout)
+    assert sorted(data["certificates"]) == NODES, data
+    for n, c in data["certificates"].items():
+        assert c["signed_by_ca"] and c["key_matches"] and n in c["dns"], c
+        assert c["action"] == "issued: renewal asked", c
+    scan.text("certificates", first.stdout + first.stderr + out.stdout + out.stderr)
+    jobs = master.MASTER_DIR / "root" / "cache" / "jobs"
+    master_log = next(master.MASTER_DIR.rglob("master.log"))
+    read = scan.files(master_log, jobs)
+    scan.assert_clean("the CA's and the nodes' private keys, looked for during "
+                      "kvmcluster.certificates renew=True (salt-master)", read, outputs=2)
+    show("salt-run kvmcluster.certificates (salt-master, 2 hypervisors)",
+         "\n".join(f"{n}: {c['action']}, expires {c['not_after']}, names {c['dns']} "
+                   f"{c['ips']}" for n, c in sorted(data["certificates"].items())))
