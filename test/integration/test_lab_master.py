@@ -153,6 +153,7 @@ def test_certificates_through_the_minions_keys_stay_where_they_are_made(master_l
     """salt-run kvmcluster.certificates through the minions: each hypervisor's certificate
     issued from the CA the master keeps; no private key (the CA's, a node's) in the
     master's job cache, its log or the runner's output."""
+    highstate()  # converged (libvirt there), whatever ran before
     for argv in (("salt-run", "saltutil.sync_all"), ("salt", "*", "saltutil.sync_all")):
         proc = (master.salt_run(*argv[1:]) if argv[0] == "salt-run"
                 else master.salt(*argv[1:], "--timeout=120"))
