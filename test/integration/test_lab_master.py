@@ -179,6 +179,6 @@ def test_certificates_through_the_minions_keys_stay_where_they_are_made(master_l
     read = scan.files(master_log, jobs)
     scan.assert_clean("the CA's and the nodes' private keys, looked for during "
                       "kvmcluster.certificates renew=True (salt-master)", read, outputs=2)
-    show("salt-run kvmcluster.certificates (salt-master, 2 hypervisors)",
+    show("salt-run kvmcluster.certificates (salt-master, 3 hypervisors)",
          "\n".join(f"{n}: {c['action']}, expires {c['not_after']}, names {c['dns']} "
                    f"{c['ips']}" for n, c in sorted(data["certificates"].items())))
