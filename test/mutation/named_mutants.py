@@ -324,6 +324,15 @@ MUTS.update({
     "the runner moves a VM that runs on two nodes": (
         "_runners/kvmcluster.py", "test/unit/test_runner_migrate.py",
         "    elif len(running) > 1:\n", "    elif False:\n"),
+    "stop powers off at once": (
+        "_modules/kvmcluster_vm.py", "test/unit/test_vm_module.py",
+        "            dom.shutdown()\n", "            dom.destroy()\n"),
+    "a guest that ignores ACPI keeps running": (
+        "_modules/kvmcluster_vm.py", "test/unit/test_vm_module.py",
+        "        if dom.isActive():\n            dom.destroy()\n", "        pass\n"),
+    "another MAC at the VM's address counts as the VM": (
+        "_modules/kvmcluster_vm.py", "test/unit/test_vm_module.py",
+        "                mac is None or lladdr == str(mac).lower()):", "                True):"),
 })
 # Arguments: run only the mutants whose names contain one of them.
 if sys.argv[1:]:

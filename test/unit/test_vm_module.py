@@ -146,3 +146,72 @@ def test_capacity_counts_running_domains(vmmod):
     cap = vmmod.capacity(uri=URI)
     assert cap["committed"]["web1"] == {"memory_mb": 128, "vcpus": 1}
     assert cap["memory_mb"] > 0 and cap["cpus"] > 0
+
+
+# ---- stop: ACPI first, a hard power-off only after the timeout ---------------------------
+
+def test_stop_asks_acpi_first_and_reports_how(vmmod):
+    _make(vmmod)
+    vmmod.start("web1", uri=URI)
+    # The test driver's guests honour the ACPI request at once.
+    assert vmmod.stop("web1", timeout=5, uri=URI)["how"] == "acpi"
+    assert not vmmod.conn.lookupByName("web1").isActive()
+    assert vmmod.stop("web1", timeout=5, uri=URI) == {"how": "already", "seconds": 0}
+
+
+class _Stubborn:
+    """A running guest that ignores the ACPI power button (the calls are recorded)."""
+
+    def __init__(self, dom):
+        self._d, self.calls = dom, []
+
+    def shutdown(self):
+        self.calls.append("shutdown")
+
+    def destroy(self):
+        self.calls.append("destroy")
+        return self._d.destroy()
+
+    def __getattr__(self, k):
+        return getattr(self._d, k)
+
+
+def test_a_guest_that_ignores_acpi_is_powered_off_only_after_the_timeout(vmmod,
+                                                                           monkeypatch):
+    _make(vmmod)
+    vmmod.start("web1", uri=URI)
+    stubborn = _Stubborn(vmmod.conn.lookupByName("web1"))
+    monkeypatch.setattr(vmmod, "_domain", lambda conn, name: stubborn)
+    out = vmmod.stop("web1", timeout=1, uri=URI)
+    assert out["how"] == "destroyed" and out["seconds"] >= 1, out
+    assert stubborn.calls == ["shutdown", "destroy"]
+    assert not vmmod.conn.lookupByName("web1").isActive()
+
+
+# ---- answers: an echo reply, or a live neighbour entry with the VM's MAC ------------------
+
+@pytest.mark.parametrize("ping_rc, neigh, mac, want", [
+    (0, [], None, "echo reply"),
+    (1, [{"lladdr": "52:54:00:00:00:01", "state": ["REACHABLE"]}], "52:54:00:00:00:01",
+     "neighbour 52:54:00:00:00:01"),
+    # Another MAC at that address is not the VM answering.
+    (1, [{"lladdr": "52:54:00:99:99:99", "state": ["REACHABLE"]}], "52:54:00:00:00:01", ""),
+    # A stale or failed entry is no answer.
+    (1, [{"lladdr": "52:54:00:00:00:01", "state": ["STALE"]}], "52:54:00:00:00:01", ""),
+    (1, [{"state": ["FAILED"]}], None, ""),
+])
+def test_answers_is_an_echo_or_a_live_neighbour_with_the_vms_mac(vmmod, monkeypatch, ping_rc,
+                                                                 neigh, mac, want):
+    import json
+    import subprocess
+
+    seen = []
+
+    def run(argv, **kw):
+        seen.append(argv[0])
+        out = json.dumps(neigh) if argv[0] == "ip" else ""
+        return subprocess.CompletedProcess(argv, ping_rc if argv[0] == "ping" else 0, out, "")
+
+    monkeypatch.setattr(subprocess, "run", run)
+    assert vmmod.answers("192.0.2.10", mac) == want
+    assert seen == (["ping"] if ping_rc == 0 else ["ping", "ip"])
