@@ -132,7 +132,10 @@ def wanted(view):
     mig = view.get("migration") or {}
     if mig.get("enabled"):
         ports = f"{mig['ports'][0]}-{mig['ports'][1]}"
-        rules += [rule(p, port=ports) for p in peers]
+        # With a migration network the stream comes from the peers' addresses there only.
+        movers = [n.get("migration_ip") for name, n in sorted(view["nodes"].items())
+                  if name != me and n.get("hypervisor", True) and n.get("migration_ip")]
+        rules += [rule(p, port=ports) for p in (movers if movers and peers else peers)]
     return list(dict.fromkeys(rules))
 
 

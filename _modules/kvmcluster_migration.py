@@ -264,6 +264,7 @@ def check(vm_plan, parameters=None, cluster=None, uri=DEFAULT_URI):
         if vm.get("bridge") and not os.path.isdir(f"/sys/class/net/{vm['bridge']}/bridge"):
             reasons.append(f"bridge {vm['bridge']} does not exist on {me}")
         reasons += _cpu_reasons(conn, vm, me)
+        reasons += _migration_address_reasons(view["self"])
         primary = view["storage"]["primary"]
         need = 0
         for d in vm.get("disks") or []:
@@ -303,6 +304,35 @@ def check(vm_plan, parameters=None, cluster=None, uri=DEFAULT_URI):
         return {"ok": not reasons, "reasons": reasons, "copy": copy, "node": me}
     finally:
         conn.close()
+
+
+def _local(address):
+    """Whether ``address`` is one of this node's own (a socket can bind to it)."""
+    import socket  # pylint: disable=import-outside-toplevel
+
+    fam = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
+
+def _migration_address_reasons(me):
+    """With a migration network, the node's address there is on one of its interfaces:
+    QEMU listens on it only."""
+    mip = me.get("migration_ip")
+    if mip and not _local(mip):
+        return [f"migration_ip {mip} is on no interface of {me['name']}: configure it on "
+                "the migration network's interface (kvmcluster:networks:migration)"]
+    return []
+
+
+def data_address(node):
+    """Where a migration's stream (and a disk copy's NBD) goes to ``node``: its address on
+    the migration network when the model has one, else its node address."""
+    return node.get("migration_ip") or node["ip"]
 
 
 def _vol_xml(name, capacity, fmt, backing=None, backing_format=None):
@@ -426,8 +456,13 @@ def migrate(name, target, copy=(), parameters=None, cluster=None, uri=DEFAULT_UR
                  | libvirt.VIR_MIGRATE_AUTO_CONVERGE)
         node = view["nodes"][target]
         # QEMU's data goes to the target's model address (the firewall admits the peers
-        # there), not to whatever its host name resolves to.
-        params = {libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{node['ip']}"}
+        # there), not to whatever its host name resolves to: on the migration network when
+        # there is one, where the target's QEMU then listens only.
+        host = data_address(node)
+        params = {libvirt.VIR_MIGRATE_PARAM_URI:
+                  f"tcp://[{host}]" if ":" in host else f"tcp://{host}"}
+        if node.get("migration_ip"):
+            params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = host
         if bandwidth:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = bandwidth
         if not view["migration"]["plaintext"]:

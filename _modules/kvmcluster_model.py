@@ -55,6 +55,7 @@ STRICTNESS = {"fail", "warn"}
 NODE_KEYS = {
     "ip", "hostname", "gateway", "dns_servers", "dns_search", "nic", "mac", "mtu", "bond",
     "bridge", "backend", "roles", "os_family", "ip6", "gateway6", "ssh_host_keys",
+    "migration_ip",
 }
 MIGRATION_TRANSPORTS = {"ssh", "tls"}
 _PRIVATE_KEY = re.compile(r"^-----BEGIN OPENSSH PRIVATE KEY-----\n[A-Za-z0-9+/=\n]+"
@@ -269,6 +270,12 @@ def _ssh_key(value):
     return " ".join([ktype, body, *[w for w in comment if w]])
 
 
+def _cut(text, limit=80):
+    """``text`` as it is, cut to ``limit`` characters."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _q(value, limit=80):
     """``repr(value)`` cut to ``limit`` characters: a message never repeats a huge value."""
     try:
@@ -424,6 +431,7 @@ def _build(errors, pillar, defaults, self_id, self_os_family):
     seen = _check_dns_dhcp(errors, c, resolved, subnets)
     images, vms = _check_vms(errors, c, resolved, subnets, seen)
     _check_clients_guests(errors, c, vms, seen)
+    _check_networks(errors, c, resolved, subnets, vms, seen)
     if errors:
         return None, errors
     model = {k: v for k, v in c.items() if k not in ("nodes", "images", "vms")}
@@ -770,6 +778,10 @@ def _check_node(errors, c, subnets, name, entry, self_id, self_os_family):
     else:
         out["gateway"] = None
     _check_ip6(errors, c, name, key, entry, iface, out)
+    out["migration_ip"] = None
+    if entry.get("migration_ip") is not None:
+        mip = _addr(errors, name, f"{key}:migration_ip", entry["migration_ip"])
+        out["migration_ip"] = None if mip is None else str(mip)
     out["ipv6_autoconf"] = c["network"].get("ipv6_autoconf", True)
     dns = entry.get("dns_servers", c.get("dns_servers"))
     dns = _list(errors, name, f"{key}:dns_servers" if "dns_servers" in entry
@@ -1098,6 +1110,60 @@ def _check_storage(errors, c, nodes, subnets=()):
                                                ipaddress.ip_address(a)))
 
 
+def _check_networks(errors, c, nodes, subnets, vms, seen):
+    """A migration network apart from the guests' (``networks:migration``): every hypervisor
+    has its address there (``nodes:<id>:migration_ip``, on an interface the site
+    configures), no guest address can be in it (it shares nothing with the cluster subnets,
+    where the guests are), and no address is given without the network."""
+    k = f"{ROOT}:networks:migration"
+    raw = (c.get("networks") or {}).get("migration")
+    net = None
+    if raw is not None:
+        try:
+            net = _canonical(raw, lambda v: ipaddress.ip_network(v, strict=True))
+        except ValueError as exc:
+            errors.add(None, k, f"{_q(raw)} is not a network ({_q(str(exc), 120)})")
+    if net is not None:
+        c["networks"]["migration"] = str(net)
+        for s in subnets:
+            if s.version == net.version and s.overlaps(net):
+                errors.add(None, k, f"{net} overlaps the cluster subnet {s}, where the guests "
+                           "are: the migration network must be one no guest can reach")
+        guests = [(v["ip"], f"VM {n}") for n, v in (vms or {}).items() if v.get("ip")]
+        guests += [(h.get("ip"), f"lease {hn}") for hn, h in
+                   ((c.get("dhcp") or {}).get("hosts") or {}).items() if isinstance(h, dict)]
+        lo, hi = (seen or {}).get("range", (None, None))
+        guests += [(str(a), "the DHCP range") for a in (lo, hi) if a is not None]
+        for addr, who in guests:
+            try:
+                if ipaddress.ip_address(str(addr)) in net:
+                    errors.add(None, k, f"{net} holds {addr} ({who}): guest addresses stay "
+                               "out of the migration network")
+            except ValueError:
+                pass  # its own error
+    taken = {}
+    for name, n in nodes.items():
+        key = f"{ROOT}:nodes:{name}:migration_ip"
+        mip = n.get("migration_ip")
+        if net is None:
+            if mip is not None:
+                errors.add(name, key, f"{mip} is given but {k} is not set")
+            continue
+        if not n.get("hypervisor", True):
+            continue
+        if mip is None:
+            errors.add(name, key, f"is required: {k} is {net}, and every hypervisor migrates "
+                       "over it")
+            continue
+        addr = ipaddress.ip_address(mip)
+        if addr not in net or (net.prefixlen < net.max_prefixlen - 1 and addr in (
+                net.network_address, net.broadcast_address)):
+            errors.add(name, key, f"{mip} is not a host address of {k} ({net})")
+        elif mip in taken:
+            errors.add(name, key, f"{mip} is also {taken[mip]}'s")
+        taken[mip] = name
+
+
 def _check_clients_guests(errors, c, vms, seen):
     """The export's clients never cover a guest's address: a VM's static ip, a lease, the
     dynamic range. A source address on the guests' network is not an identity."""
@@ -1300,7 +1366,7 @@ def _check_images(errors, c):
             mp = sec.get("mountpoint")
             if isinstance(mp, str) and not img["path"].startswith(mp.rstrip("/") + "/"):
                 errors.add(None, f"{key}:path", f"{img['path']} is not on the shared storage "
-                           f"({mp}): every node must see the same file")
+                           f"({_cut(mp)}): every node must see the same file")
             res["path"] = img["path"]
         if not _one_of(res["format"], IMAGE_FORMATS):
             errors.add(None, f"{key}:format", f"{_q(res['format'])} must be raw or qcow2")
@@ -1310,7 +1376,7 @@ def _check_images(errors, c):
                 if isinstance(mp, str) and not img[part].startswith(mp.rstrip("/") + "/"):
                     # QEMU reads it as root's choice: never any file of the host.
                     errors.add(None, f"{key}:{part}", f"{img[part]} is not on the shared "
-                               f"storage ({mp}), where golden images and their boot files "
+                               f"storage ({_cut(mp)}), where golden images and their boot files "
                                "live")
         if img.get("initrd") is not None and img.get("kernel") is None:
             errors.add(None, f"{key}:initrd", "an initrd needs a kernel")

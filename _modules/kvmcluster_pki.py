@@ -122,7 +122,9 @@ def _model(parameters, cluster):
             cluster=json.loads(cluster) if isinstance(cluster, str) else cluster)
     me = view["self"]
     dns = sorted({me["name"], me.get("hostname") or me["name"], me.get("fqdn") or me["name"]})
-    ips = [str(a).split("/", maxsplit=1)[0] for a in (me.get("ip"), me.get("ip6")) if a]
+    # QEMU checks the name it connected to: the migration network's address included.
+    ips = [str(a).split("/", maxsplit=1)[0]
+           for a in (me.get("ip"), me.get("ip6"), me.get("migration_ip")) if a]
     mig = view["migration"]
     return {"dns": dns, "ips": ips, "domain": view.get("domain") or "",
             "plaintext": bool(mig["plaintext"]),

@@ -142,6 +142,9 @@ KEYS = [
     # ---- firewall, migration, libvirt
     ("firewall:manage", "switch", "firewalld rules for each node's roles, where firewalld "
      "runs.", "anything but true or false"),
+    ("networks:migration", "network or null", "A network apart from the guests' for live "
+     "migration's stream (on an interface the site configures on each hypervisor).",
+     "not a network; overlapping a cluster subnet; holding a guest address"),
     ("migration:enabled", "switch", "Live migration between nodes (ports, qemu.conf, "
      "transport).", "anything but true or false"),
     ("migration:ports", "[first, last]", "QEMU's incoming migration ports, written to "
@@ -237,6 +240,10 @@ KEYS = [
      "bridge.", "outside the subnets; in use; a network or broadcast address"),
     ("nodes:<id>:ip6", "address/prefix", "A static IPv6 address on the bridge.",
      "a scope id; in use"),
+    ("nodes:<id>:migration_ip", "address", "The node's address on ``networks:migration`` "
+     "(an interface the site configures): migrations to it arrive there only.",
+     "without ``networks:migration``; missing on a hypervisor when it is set; outside it; "
+     "another node's"),
     ("nodes:<id>:gateway", "address", "Overrides ``gateway``.", "not on-link"),
     ("nodes:<id>:gateway6", "address", "Overrides ``gateway6``.", "not IPv6"),
     ("nodes:<id>:dns_servers", "list of addresses", "Overrides ``dns_servers``.",
@@ -279,8 +286,8 @@ SECTIONS = [
     ("The management account", ("account",)),
     ("Host settings, packages and preflight", ("sysctl", "packages", "preflight")),
     ("DNS and DHCP", ("dns", "dhcp")),
-    ("Firewall, migration and libvirt", ("firewall", "migration", "libvirt_python",
-                                         "libvirt")),
+    ("Firewall, networks, migration and libvirt", ("firewall", "networks", "migration",
+                                                   "libvirt_python", "libvirt")),
     ("Golden images and VMs", ("images", "vms", "vm")),
     ("Nodes", ("nodes",)),
     ("Formula internals", ("lookup",)),

@@ -25,7 +25,9 @@ STATE_ID = "kvmcluster_vm_|-kvmcluster-vms-managed_|-kvmcluster-vms-managed_|-ma
 @pytest.fixture(scope="module")
 def vms_lab():
     control.down()
-    state = control.up(containers=2, management=1)
+    # Each container node has a second NIC on a network of its own (the site's migration
+    # network, configured by the lab as a site would, used only where a test asks).
+    state = control.up(containers=2, management=1, migration_net=True)
     lab = Lab(state)
     guest.install_golden(paths.SHARED)
     lab.pillar = saltcfg.with_vms(lab.pillar)  # what reset_pillar() goes back to
@@ -352,11 +354,12 @@ def migrate(vm, target, *extra):
 
 class Listeners:
     """The TCP ports above 49151 that listen in a node's network namespace, sampled every
-    20 ms while the block runs (at most 120 s): where a migration's incoming side listens."""
+    20 ms while the block runs (at most 120 s): where a migration's incoming side listens
+    (``ports``, and ``sockets``: address:port as ss prints them)."""
 
     def __init__(self, node):
         self.argv = ["ip", "netns", "exec", net.PREFIX + node, "ss", "-Hltn"]
-        self.ports, self.stop = set(), threading.Event()
+        self.ports, self.sockets, self.stop = set(), set(), threading.Event()
         self.thread = threading.Thread(target=self._watch, daemon=True)
 
     def _watch(self):
@@ -368,6 +371,7 @@ class Listeners:
                 port = int(line.split()[3].rsplit(":", 1)[1])
                 if port > 49151:
                     self.ports.add(port)
+                    self.sockets.add(line.split()[3])
             self.stop.wait(0.02)
 
     def __enter__(self):
@@ -806,3 +810,52 @@ def test_a_guest_in_a_nodes_place_reaches_nothing_while_its_neighbour_works(at_b
          f"kvm02's MAC, {o['arp_claims']} ARP claiming {node_ip}, IPv4 from it "
          f"{o['ip_from']}, {o['dhcp_server']} DHCP answers; DHCP servers heard: "
          f"{offers_off}; the guest's own view: {lines_off[-3:]}")
+
+
+def test_a_migration_network_carries_the_stream_and_nothing_else_does(at_base, tmp_path):
+    """networks:migration with each node's address there (eth1, on a bridge of its own):
+    the move's stream crosses the migration network only (captured on kvm02's port of each
+    bridge), QEMU on kvm02 listens on its migration address only, and the certificates
+    carry that address."""
+    lab = at_base
+    low, high = saltcfg.MIGRATION_PORTS
+    pillar = with_edit(lab)
+    k = pillar["kvmcluster"]
+    k["networks"] = {"migration": net.MIGRATION_SUBNET}
+    mips = {n: net.migration_ip_of(lab.ip[n]) for n in ("kvm01", "kvm02")}
+    for n, mip in mips.items():
+        k["nodes"][n]["migration_ip"] = mip
+    try:
+        lab.set_pillar(pillar)
+        for n in mips:
+            applied, proc = lab.apply_on(n)
+            assert summarize(applied[n])["failed"] == 0, (n, proc.stdout[-1500:])
+        with Capture(net.SWITCH, saltcfg.MIGRATION_PORTS, guest.MEMORY_MARKER,
+                     tmp_path / "guests.json", iface="v-kvm02") as guests_net, \
+                Capture(net.SWITCH, saltcfg.MIGRATION_PORTS, guest.MEMORY_MARKER,
+                        tmp_path / "mig.json", iface="m-kvm02") as mig_net, \
+                Listeners("kvm02") as listening:
+            data, proc, _ = migrate("vm1", "kvm02")
+        assert proc.returncode == 0 and data["migrated"], data
+        back, proc, _ = migrate("vm1", "kvm01")
+        assert proc.returncode == 0 and back["migrated"], back
+        g, m = guests_net.result, mig_net.result
+        assert m["bytes"] > 8 << 20 and m["found"] == 0 and m["tls_flows"] >= 1, m
+        assert g["bytes"] == 0 and g["packets"] == 0, g
+        assert listening.sockets and all(sk.rsplit(":", 1)[0] == mips["kvm02"]
+                                         for sk in listening.sockets), listening.sockets
+        assert all(low <= p <= high for p in listening.ports), listening.ports
+        certs, _ = run_json("kvmcluster.certificates", "ssh=True", "tgt=kvm*", "check_only=True")
+        for n, mip in mips.items():
+            assert mip in certs["certificates"][n]["ips"], certs
+    finally:
+        lab.reset_pillar()
+    record_timing("live migration of vm1 over the migration network: libvirt downtime ms",
+                  data["downtime_ms"])
+    show("vm1 kvm01 -> kvm02 over networks:migration (172.30.20.0/24 on eth1)",
+         f"migration network (kvm02's port): {m['bytes'] / (1 << 20):.1f} MiB in "
+         f"{m['packets']} segments, {m['tls_flows']} flows opening with TLS, guest memory "
+         f"marker {m['found']} times\nguests' network (kvm02's port), migration ports: "
+         f"{g['bytes']} bytes\nlistening on kvm02 meanwhile: {sorted(listening.sockets)}\n"
+         f"migration {data['seconds']} s, downtime {data['downtime_ms']} ms, certificates "
+         f"{data['certificates']}")

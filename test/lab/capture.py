@@ -19,8 +19,10 @@ from pathlib import Path
 ETH_P_ALL = 0x0003
 
 
-def main(low, high, marker, seconds, out):
+def main(low, high, marker, seconds, out, iface=""):
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    if iface:
+        sock.bind((iface, 0))
     sock.settimeout(0.5)
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *a: stop.update(now=True))
@@ -160,9 +162,9 @@ def offers(ns, seconds, out, iface="eth0"):
 class Capture:
     """The capture above in network namespace ``ns`` while the block runs (bounded)."""
 
-    def __init__(self, ns, ports, marker, out, seconds=600):
+    def __init__(self, ns, ports, marker, out, seconds=600, iface=""):
         self.argv = ["ip", "netns", "exec", ns, sys.executable, __file__, str(ports[0]),
-                     str(ports[1]), marker.encode().hex(), str(seconds), str(out)]
+                     str(ports[1]), marker.encode().hex(), str(seconds), str(out), iface]
         self.out, self.result, self.proc = Path(out), None, None
 
     def __enter__(self):
@@ -196,4 +198,4 @@ if __name__ == "__main__":
         dhcp_offers(sys.argv[2], float(sys.argv[3]), sys.argv[4])
     else:
         main(int(sys.argv[1]), int(sys.argv[2]), bytes.fromhex(sys.argv[3]),
-             float(sys.argv[4]), sys.argv[5])
+             float(sys.argv[4]), sys.argv[5], sys.argv[6] if len(sys.argv) > 6 else "")

@@ -75,7 +75,8 @@ def wait_port(ip, port, deadline):
 
 # ---- up -----------------------------------------------------------------------------
 
-def up(containers=3, vms=0, timeout=None, with_master=False, backends=(), management=0):
+def up(containers=3, vms=0, timeout=None, with_master=False, backends=(), management=0,
+       migration_net=False):
     t0 = time.monotonic()
     state = load_state()
     if state and same_process(state.get("supervisor")):
@@ -99,7 +100,7 @@ def up(containers=3, vms=0, timeout=None, with_master=False, backends=(), manage
         shared.start()
     for n in rack:
         say(f"preparing {n.kind} node {n.name} ({n.ip})")
-        nodes.prepare(n)
+        nodes.prepare(n, migration_net=migration_net)
         st = load_state()
         if n.kind == "container":
             st["mounts"].append(str(nodes.node_dir(n) / "root"))

@@ -19,6 +19,17 @@ GATEWAY6 = "fd00:30:10::1"
 MGMT_IP6 = "fd00:30:10::11"
 
 
+# A second network apart from the guests' (the site's migration network): a bridge of its
+# own on the switch, a second NIC (eth1) on the container nodes that ask for it.
+MIGRATION_BRIDGE = "labmig"
+MIGRATION_SUBNET = "172.30.20.0/24"
+
+
+def migration_ip_of(ip4):
+    """The node's address on the lab's migration network: its host number there."""
+    return f"172.30.20.{ip4.rsplit('.', 1)[1]}"
+
+
 # A static route per family on each node's NIC before the takeover (to nowhere real: the
 # lab gateway has no route off the lab), to see it move to the bridge and back.
 ROUTE4 = ("10.99.0.0/24", GATEWAY)
@@ -54,6 +65,8 @@ def create_switch():
     _add_ns(SWITCH)
     nsexec(SWITCH, "ip", "link", "add", BRIDGE, "type", "bridge", check=False)
     nsexec(SWITCH, "ip", "link", "set", BRIDGE, "up")
+    nsexec(SWITCH, "ip", "link", "add", MIGRATION_BRIDGE, "type", "bridge", check=False)
+    nsexec(SWITCH, "ip", "link", "set", MIGRATION_BRIDGE, "up")
     _add_ns(CONTROLLER)
     plug(CONTROLLER, "ctl")
     for addr in (GATEWAY, MGMT_IP):
@@ -64,13 +77,20 @@ def create_switch():
     nsexec(CONTROLLER, "ip", "link", "set", "eth0", "up")
 
 
-def plug(ns, tag, ifname="eth0"):
-    """A veth from namespace ns (as ifname) to the lab bridge (as v-<tag>)."""
-    port = f"v-{tag}"[:15]
+def plug(ns, tag, ifname="eth0", bridge=BRIDGE, prefix="v-"):
+    """A veth from namespace ns (as ifname) to a bridge of the switch (as <prefix><tag>)."""
+    port = f"{prefix}{tag}"[:15]
     nsexec(SWITCH, "ip", "link", "del", port, check=False, capture=True)
     nsexec(SWITCH, "ip", "link", "add", port, "type", "veth", "peer", "name", ifname,
            "netns", ns)
-    nsexec(SWITCH, "ip", "link", "set", port, "master", BRIDGE, "up")
+    nsexec(SWITCH, "ip", "link", "set", port, "master", bridge, "up")
+
+
+def plug_migration(ns, tag, ip4):
+    """The node's second NIC on the migration network, addressed as the site would."""
+    plug(ns, tag, "eth1", MIGRATION_BRIDGE, "m-")
+    nsexec(ns, "ip", "addr", "replace", f"{migration_ip_of(ip4)}/24", "dev", "eth1")
+    nsexec(ns, "ip", "link", "set", "eth1", "up")
 
 
 def tap(tag):

@@ -149,8 +149,13 @@ def vm_argv(node):
     return argv
 
 
-def prepare(node):
-    return prepare_container(node) if node.kind == "container" else prepare_vm(node)
+def prepare(node, migration_net=False):
+    if node.kind != "container":
+        return prepare_vm(node)
+    root = prepare_container(node)
+    if migration_net:
+        net.plug_migration(net.node_ns(node.name), node.name, node.ip)
+    return root
 
 
 def argv_env(node):

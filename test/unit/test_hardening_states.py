@@ -54,7 +54,9 @@ def test_nfs_server_opens_nfs_to_its_clients_only():
     # A client opens no NFS; every hypervisor opens migration to the other nodes.
     client = fw_mod.wanted(view("kvm02"))
     assert not any("nfs" in r or "mountd" in r for r in client)
-    assert fw_mod.rule("172.30.10.41", port="49152-49215") in client
+    # Migration ports from the peers' addresses on the migration network, not their own.
+    assert fw_mod.rule("172.30.20.41", port="49152-49215") in client
+    assert fw_mod.rule("172.30.10.41", port="49152-49215") not in client
     assert not any('"172.30.10.42"' in r for r in client)  # never itself
     assert not any("libvirt-tls" in r for r in client)
 
@@ -512,7 +514,7 @@ def test_preflight_names_the_ports_where_another_firewall_runs(active, expect):
         return
     assert got.startswith(expect)
     assert "2049/tcp from 172.30.10.42" in got and "20048/tcp+udp from 172.30.10.43" in got
-    assert "49152-49215/tcp from 172.30.10.42" in got
+    assert "49152-49215/tcp from 172.30.20.42" in got
     mgmt = pre._other_firewall(view("mgmt01"))
     assert "53/tcp+udp from 172.30.10.0/24" in mgmt and "67/udp from anywhere" in mgmt
 

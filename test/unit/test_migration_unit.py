@@ -346,6 +346,36 @@ def test_the_stream_is_encrypted_unless_the_model_says_plaintext(plaintext):
     assert out["to"] == "kvm02" and out["downtime_ms"] == 12
     (uri, params, flags), = calls
     assert uri == "qemu+ssh://kvmadmin@172.30.10.42/system"
-    assert params[libvirt.VIR_MIGRATE_PARAM_URI] == "tcp://172.30.10.42"
+    # The stream to the target's address on the migration network, where it listens only.
+    assert params[libvirt.VIR_MIGRATE_PARAM_URI] == "tcp://172.30.20.42"
+    assert params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] == "172.30.20.42"
     assert bool(flags & libvirt.VIR_MIGRATE_TLS) is not plaintext
     assert flags & libvirt.VIR_MIGRATE_NON_SHARED_INC and flags & libvirt.VIR_MIGRATE_LIVE
+
+
+def test_without_a_migration_network_the_stream_goes_to_the_node_address():
+    calls = []
+    mod = load_module("_modules", "kvmcluster_migration")
+    mod.__utils__ = {**utils_dunder(), "kvmcluster_virt.binding": lambda: libvirt,
+                     "kvmcluster_virt.connect": lambda uri: _Conn(calls)}
+
+    def edit(p):
+        p["networks"]["migration"] = None
+        for n in p["nodes"].values():
+            n.pop("migration_ip", None)
+    v = view("kvm01", edit=edit)
+    mod.__salt__ = {"kvmcluster_model.current": lambda: v}
+    mod.migrate("web1", "kvm02")
+    (_, params, _), = calls
+    assert params[libvirt.VIR_MIGRATE_PARAM_URI] == "tcp://172.30.10.42"
+    assert libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS not in params
+
+
+def test_the_target_refuses_when_its_migration_address_is_not_on_it():
+    mod = load_module("_modules", "kvmcluster_migration")
+    me = {"name": "kvm02", "migration_ip": "192.0.2.250"}
+    assert mod._migration_address_reasons(me) == [
+        "migration_ip 192.0.2.250 is on no interface of kvm02: configure it on the migration "
+        "network's interface (kvmcluster:networks:migration)"]
+    assert mod._migration_address_reasons({"name": "kvm02", "migration_ip": "127.0.0.1"}) == []
+    assert mod._migration_address_reasons({"name": "kvm02", "migration_ip": None}) == []

@@ -29,7 +29,9 @@ def ca():
 
 def _names(node):
     me = BUILT["nodes"][node]
-    return sorted({node, me["hostname"], me["fqdn"]}), [me["ip"].split("/")[0]]
+    # The migration network's address too: QEMU checks the name it connected to.
+    return sorted({node, me["hostname"], me["fqdn"]}), [me["ip"].split("/")[0]] + (
+        [me["migration_ip"]] if me.get("migration_ip") else [])
 
 
 # ---- pure ------------------------------------------------------------------------------
