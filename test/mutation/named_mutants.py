@@ -333,6 +333,22 @@ MUTS.update({
     "another MAC at the VM's address counts as the VM": (
         "_modules/kvmcluster_vm.py", "test/unit/test_vm_module.py",
         "                mac is None or lladdr == str(mac).lower()):", "                True):"),
+    "the stream ignores the migration network": (
+        "_modules/kvmcluster_migration.py", "test/unit/test_migration_unit.py",
+        "    return node.get(\"migration_ip\") or node[\"ip\"]", "    return node[\"ip\"]"),
+    "the target's QEMU listens on every address": (
+        "_modules/kvmcluster_migration.py", "test/unit/test_migration_unit.py",
+        "            params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = host\n", "            pass\n"),
+    "migration ports open to the peers' node addresses beside a migration network": (
+        "_modules/kvmcluster_firewall.py", HARDENING,
+        "(movers if movers and peers else peers)", "(peers + movers)"),
+    "a migration network may overlap the guests' subnet": (
+        "_modules/kvmcluster_model.py", "test/unit/test_model.py",
+        "            if s.version == net.version and s.overlaps(net):", "            if False:"),
+    "certificates without the migration address": (
+        "_modules/kvmcluster_pki.py", "test/unit/test_pki.py",
+        "for a in (me.get(\"ip\"), me.get(\"ip6\"), me.get(\"migration_ip\")) if a]",
+        "for a in (me.get(\"ip\"), me.get(\"ip6\")) if a]"),
 })
 # Arguments: run only the mutants whose names contain one of them.
 if sys.argv[1:]:
