@@ -127,6 +127,7 @@ def _model(parameters, cluster):
            for a in (me.get("ip"), me.get("ip6"), me.get("migration_ip")) if a]
     mig = view["migration"]
     return {"dns": dns, "ips": ips, "domain": view.get("domain") or "",
+            "hypervisor": bool(me.get("hypervisor", True)),
             "plaintext": bool(mig["plaintext"]),
             "valid_hours": mig["certificates"]["valid_hours"],
             "renew_hours": mig["certificates"]["renew_hours"]}
@@ -148,6 +149,9 @@ def request(parameters=None, cluster=None):
     """
     me = __grains__["id"]
     model = _model(parameters, cluster)
+    if not model["hypervisor"]:
+        # A management-only node runs no QEMU: no key, no certificate.
+        return {"node": me, "model": model}
     try:
         fd = _dir(make=True)
         try:

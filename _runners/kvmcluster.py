@@ -408,6 +408,9 @@ def _certificates(nodes, ssh, timeout, issue=True, renew=False):
     for node in sorted(answered):
         ans = answered[node]
         model, have = ans.get("model") or {}, ans.get("certificate")
+        if model.get("hypervisor") is False:
+            done[node] = {"action": "none: not a hypervisor"}
+            continue
         why = "renewal asked" if renew else pki["renewal"](
             have, ca_fp, model.get("dns", []), model.get("ips", []),
             model.get("renew_hours", 0))

@@ -165,7 +165,8 @@ def test_the_nodes_key_is_made_once_and_stays_on_the_node(on_node, tmp_path, ca)
     assert "PRIVATE KEY" not in repr(first) and "CERTIFICATE REQUEST" in first["csr"]
     dns, ips = _names(node)
     assert first["model"] == {"dns": dns, "ips": ips, "domain": BUILT["domain"],
-                              "plaintext": False, "valid_hours": 8760, "renew_hours": 720}
+                              "hypervisor": True, "plaintext": False, "valid_hours": 8760,
+                              "renew_hours": 720}
     again = mod.request()
     assert not again["key_made"] and keys[0].read_bytes() == keys[1].read_bytes()
     # The CSR is for the same key both times.
@@ -266,6 +267,17 @@ def test_certificates_are_issued_once_then_kept_then_renewed(round_trip, tmp_pat
         assert renewed[n]["action"].startswith("issued: expires "), renewed[n]
         assert renewed[n]["serial"] != again[n]["serial"]
         assert pki.seconds_left(renewed[n]) > 8900 * 3600
+
+
+def test_a_management_only_node_gets_no_key_and_fails_nothing(on_node, round_trip, tmp_path,
+                                                              monkeypatch):
+    mods, _ = round_trip
+    mgmt = sorted(n for n, v in BUILT["nodes"].items() if not v.get("hypervisor", True))[0]
+    mods[mgmt] = on_node(mgmt)
+    done, missing, _ = runner._certificates(NODES + [mgmt], True, 30)
+    assert not missing, missing
+    assert done[mgmt] == {"action": "none: not a hypervisor"}
+    assert not (tmp_path / mgmt / "etc" / "pki" / "qemu").exists()
 
 
 def test_check_only_changes_nothing(round_trip, tmp_path):
