@@ -658,7 +658,9 @@ def test_the_migration_stream_holds_guest_memory_in_clear_only_under_plaintext(a
     # Both captures saw the whole move: more bytes than the guest's memory in use.
     assert tls["bytes"] > 8 << 20 and clear["bytes"] > 8 << 20, seen
     assert tls["found"] == 0 and tls["tls_flows"] >= 1, tls
-    assert clear["found"] >= 1 and clear["tls_flows"] == 0, clear
+    # The guest holds 20,000 copies: in clear, a capture that lost a few segments still
+    # sees hundreds.
+    assert clear["found"] >= 100 and clear["tls_flows"] == 0, clear
     for mode, (_, data) in seen.items():
         record_timing(f"live migration of vm1 kvm01 -> kvm02 (disk copied, {mode}): "
                       "libvirt downtime ms", data["downtime_ms"])
@@ -667,7 +669,8 @@ def test_the_migration_stream_holds_guest_memory_in_clear_only_under_plaintext(a
     show("the migration ports captured on the lab switch while vm1 moved kvm01 -> kvm02",
          "\n".join(f"{mode}: {cap['bytes'] / (1 << 20):.1f} MiB in {cap['packets']} segments, "
                    f"{cap['flows']} flows ({cap['tls_flows']} opening with a TLS handshake), "
-                   f"guest memory marker found {cap['found']} times; migration "
+                   f"guest memory marker found {cap['found']} times, {cap['dropped']} frames "
+                   f"dropped by the capture; migration "
                    f"{data['seconds']} s, downtime {data['downtime_ms']} ms"
                    for mode, (cap, data) in seen.items()))
 

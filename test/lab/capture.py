@@ -19,8 +19,28 @@ from pathlib import Path
 ETH_P_ALL = 0x0003
 
 
+SOL_PACKET, PACKET_STATISTICS = 263, 6
+
+
+def _big_buffer(sock):
+    """A receive buffer that holds a burst of a migration (root may exceed rmem_max)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUFFORCE, 64 << 20)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
+
+
+def _drops(sock):
+    """Frames the kernel dropped for this socket (its buffer was full)."""
+    try:
+        return struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))[1]
+    except OSError:
+        return None
+
+
 def main(low, high, marker, seconds, out, iface=""):
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    _big_buffer(sock)
     if iface:
         sock.bind((iface, 0))
     sock.settimeout(0.5)
@@ -64,6 +84,7 @@ def main(low, high, marker, seconds, out, iface=""):
         tails[flow] = window[-(len(marker) - 1):]
     res["flows"] = len(first)
     res["tls_flows"] = sum(1 for b in first.values() if b == 0x16)
+    res["dropped"] = _drops(sock)
     Path(out).write_text(json.dumps(res))
 
 
@@ -72,6 +93,7 @@ def watch_port(iface, node_ip, node_mac, seconds, out):
     with its MAC, ARP claiming its address, IPv4 from its address (by protocol and port),
     and DHCP server answers (UDP from port 67)."""
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    _big_buffer(sock)
     sock.bind((iface, 0))
     sock.settimeout(0.5)
     stop = {"now": False}

@@ -169,8 +169,8 @@ READY_MARKER = "KVMCLUSTER-VM-READY"
 TICK_MARKER = "KVMCLUSTER-TICK"
 SPOOF_MARKER = "KVMCLUSTER-SPOOF"
 HOSTILE_MARKER = "KVMCLUSTER-HOSTILE"
-# A string only the guest's memory holds (its init, a file in its RAM-backed root, the
-# initrd's freed pages): a live migration's stream carries it, in clear unless encrypted.
+# A string only the guest's memory holds (its init, 20,000 copies in a file of its
+# RAM-backed root): a live migration's stream carries it, in clear unless encrypted.
 MEMORY_MARKER = "KVMCLUSTER-GUEST-MEMORY-5f0c9e2b7d41a386"
 VM_MODULES = VIRTIO_NET + ["virtio_blk", "virtio_balloon", "button", "evdev"]
 # The init of a VM made from the golden image: it reads its own disk, leases its address
@@ -197,7 +197,9 @@ else
     echo "{ACPI_MARKER} honoured (${{e##*/}})"
   done
 fi
-echo "{MEMORY_MARKER}" > /memory-marker
+# Many pages of it (its RAM-backed root), so that a capture that misses a few segments
+# still sees it if the stream is in clear.
+yes "{MEMORY_MARKER}" | head -n 20000 > /memory-marker
 echo "{READY_MARKER}"
 # A hostile guest (kvmcluster.spoof=<addr> kvmcluster.peer=<addr> on its command line):
 # it also takes an address that is not its own and, at every tick, pings the peer from
