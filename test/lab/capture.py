@@ -20,12 +20,13 @@ ETH_P_ALL = 0x0003
 
 
 SOL_PACKET, PACKET_STATISTICS = 263, 6
+SO_RCVBUFFORCE = 33  # Linux; Python's socket module does not name it
 
 
 def _big_buffer(sock):
     """A receive buffer that holds a burst of a migration (root may exceed rmem_max)."""
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUFFORCE, 64 << 20)
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 << 20)
     except OSError:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
 
