@@ -61,6 +61,18 @@ def utils_dunder():
     return out
 
 
+def runner_over(runner, monkeypatch, tmp_path, call, call_model):
+    """The kvmcluster runner with its node calls answered by ``call``/``call_model``, the
+    repository's _utils, and its CA kept under tmp_path (never the master's pki_dir)."""
+    monkeypatch.setattr(runner, "_call", call)
+    monkeypatch.setattr(runner, "_call_model", call_model)
+    runner.__utils__ = utils_dunder()
+    runner.__opts__ = {"kvmcluster_ca_dir": str(tmp_path / "master" / "kvmcluster-ca")}
+    (tmp_path / "master").mkdir()
+    runner.__context__ = {}
+    return runner
+
+
 class NoClose:
     """A libvirt connection that ``close()`` leaves open: every call of a module under test
     shares one test-driver node, as the calls to one libvirtd would."""

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from kvmtestlib import SEED_PILLAR, formula_values, load_module, utils_dunder
+from kvmtestlib import SEED_PILLAR, formula_values, load_module, runner_over, utils_dunder
 
 pki = load_module("_utils", "kvmcluster_pki")
 files = load_module("_utils", "kvmcluster_files")
@@ -230,12 +230,7 @@ def round_trip(on_node, tmp_path, monkeypatch):
         calls.append(fun)
         return {n: mods[n].install(*args, **kwargs) for n in tgt}, {}
 
-    monkeypatch.setattr(runner, "_call_model", call_model)
-    monkeypatch.setattr(runner, "_call", call)
-    runner.__utils__ = utils_dunder()
-    runner.__opts__ = {"kvmcluster_ca_dir": str(tmp_path / "master" / "kvmcluster-ca")}
-    (tmp_path / "master").mkdir()
-    runner.__context__ = {}
+    runner_over(runner, monkeypatch, tmp_path, call, call_model)
     return mods, calls
 
 

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from kvmtestlib import SEED_PILLAR, formula_values, load_module, utils_dunder
+from kvmtestlib import SEED_PILLAR, formula_values, load_module, runner_over, utils_dunder
 
 model = load_module("_modules", "kvmcluster_model")
 runner = load_module("_runners", "kvmcluster")
@@ -75,12 +75,7 @@ class Cluster:
                     lost[n] = str(exc)
             return got, lost
 
-        monkeypatch.setattr(runner, "_call", call)
-        monkeypatch.setattr(runner, "_call_model", call)
-        runner.__utils__ = utils_dunder()
-        runner.__opts__ = {"kvmcluster_ca_dir": str(tmp_path / "master" / "kvmcluster-ca")}
-        (tmp_path / "master").mkdir()
-        runner.__context__ = {}
+        runner_over(runner, monkeypatch, tmp_path, call, call)
         return self
 
 
