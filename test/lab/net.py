@@ -86,11 +86,10 @@ def plug(ns, tag, ifname="eth0", bridge=BRIDGE, prefix="v-"):
     nsexec(SWITCH, "ip", "link", "set", port, "master", bridge, "up")
 
 
-def plug_migration(ns, tag, ip4):
-    """The node's second NIC on the migration network, addressed as the site would."""
+def plug_migration(ns, tag):
+    """The node's second NIC on the migration network (its address comes from the node's
+    own network configuration, as at a site: see nodes.interfaces)."""
     plug(ns, tag, "eth1", MIGRATION_BRIDGE, "m-")
-    nsexec(ns, "ip", "addr", "replace", f"{migration_ip_of(ip4)}/24", "dev", "eth1")
-    nsexec(ns, "ip", "link", "set", "eth1", "up")
 
 
 def tap(tag):
@@ -108,7 +107,7 @@ def node_ns(name):
     return ns
 
 
-def reset_links(ns, keep=("lo", "eth0")):
+def reset_links(ns, keep=("lo", "eth0", "eth1")):
     """What a reboot does to a node's links: virtual ones gone, the NIC bare and down.
     (A container node's namespace outlives its boots; a real host's kernel does not.)"""
     import json  # pylint: disable=import-outside-toplevel

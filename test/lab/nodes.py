@@ -154,7 +154,12 @@ def prepare(node, migration_net=False):
         return prepare_vm(node)
     root = prepare_container(node)
     if migration_net:
-        net.plug_migration(net.node_ns(node.name), node.name, node.ip)
+        # A NIC (it outlives the node's reboots, as a real one does), configured by the
+        # node's own ifupdown at every boot.
+        net.plug_migration(net.node_ns(node.name), node.name)
+        with open(root / "etc/network/interfaces", "a", encoding="utf-8") as fh:
+            fh.write(f"\nauto eth1\niface eth1 inet static\n"
+                     f"    address {net.migration_ip_of(node.ip)}/24\n")
     return root
 
 
