@@ -35,7 +35,7 @@ def open_dir(base, rel="", make=False, mode=0o755):
             if part in (".", ".."):
                 raise Refused(f"{where}: '{part}' in the path")
             try:
-                nxt = os.open(part, DIR_FLAGS, dir_fd=fd)
+                nxt = _open_below(fd, part, where)
             except FileNotFoundError:
                 if not make:
                     raise
@@ -44,11 +44,6 @@ def open_dir(base, rel="", make=False, mode=0o755):
                 except FileExistsError:
                     pass  # made meanwhile; opened (never followed) below
                 nxt = _open_below(fd, part, where)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # a link; not a directory
-                    raise Refused(f"{where} is a link or not a directory; refused, nothing "
-                                  "written") from None
-                raise
             os.close(fd)
             fd = nxt
         return fd
@@ -58,6 +53,7 @@ def open_dir(base, rel="", make=False, mode=0o755):
 
 
 def _open_below(fd, part, where):
+    """Directory ``part`` below ``fd``, never through a link (ELOOP) or a non-directory."""
     try:
         return os.open(part, DIR_FLAGS, dir_fd=fd)
     except OSError as exc:
