@@ -306,24 +306,11 @@ def check(vm_plan, parameters=None, cluster=None, uri=DEFAULT_URI):
         conn.close()
 
 
-def _local(address):
-    """Whether ``address`` is one of this node's own (a socket can bind to it)."""
-    import socket  # pylint: disable=import-outside-toplevel
-
-    fam = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((address, 0))
-        except OSError:
-            return False
-    return True
-
-
 def _migration_address_reasons(me):
     """With a migration network, the node's address there is on one of its interfaces:
     QEMU listens on it only."""
     mip = me.get("migration_ip")
-    if mip and not _local(mip):
+    if mip and not __salt__["kvmcluster_node.local_address"](mip):
         return [f"migration_ip {mip} is on no interface of {me['name']}: configure it on "
                 "the migration network's interface (kvmcluster:networks:migration)"]
     return []

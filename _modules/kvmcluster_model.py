@@ -55,9 +55,11 @@ STRICTNESS = {"fail", "warn"}
 NODE_KEYS = {
     "ip", "hostname", "gateway", "dns_servers", "dns_search", "nic", "mac", "mtu", "bond",
     "bridge", "backend", "roles", "os_family", "ip6", "gateway6", "ssh_host_keys",
-    "migration_ip",
+    "migration_ip", "storage_ip",
 }
 MIGRATION_TRANSPORTS = {"ssh", "tls"}
+# Networks apart from the guests' (networks:<side>, nodes:<id>:<side>_ip): what each carries.
+SIDE_NETWORKS = {"migration": "live migration's stream", "storage": "the NFS share"}
 _PRIVATE_KEY = re.compile(r"^-----BEGIN OPENSSH PRIVATE KEY-----\n[A-Za-z0-9+/=\n]+"
                           r"-----END OPENSSH PRIVATE KEY-----\n?\Z", re.A)
 CONFIRM_MODES = {"auto", "manual"}
@@ -427,11 +429,12 @@ def _build(errors, pillar, defaults, self_id, self_os_family):
         resolved[name] = _check_node(errors, c, subnets, name, entry, self_id, self_os_family)
     _check_across(errors, c, resolved)
     _check_migration(errors, c, resolved)
-    _check_storage(errors, c, resolved, subnets)
+    nets = _side_networks(errors, c, subnets)
+    _check_storage(errors, c, resolved, subnets, nets["storage"])
     seen = _check_dns_dhcp(errors, c, resolved, subnets)
     images, vms = _check_vms(errors, c, resolved, subnets, seen)
     _check_clients_guests(errors, c, vms, seen)
-    _check_networks(errors, c, resolved, subnets, vms, seen)
+    _check_networks(errors, c, resolved, nets, vms, seen)
     if errors:
         return None, errors
     model = {k: v for k, v in c.items() if k not in ("nodes", "images", "vms")}
@@ -778,10 +781,14 @@ def _check_node(errors, c, subnets, name, entry, self_id, self_os_family):
     else:
         out["gateway"] = None
     _check_ip6(errors, c, name, key, entry, iface, out)
-    out["migration_ip"] = None
-    if entry.get("migration_ip") is not None:
-        mip = _addr(errors, name, f"{key}:migration_ip", entry["migration_ip"])
-        out["migration_ip"] = None if mip is None else str(mip)
+    for side in SIDE_NETWORKS:
+        # The node's address on a network apart from the guests' (checked against that
+        # network in _check_networks, once the networks are known).
+        field = f"{side}_ip"
+        out[field] = None
+        if entry.get(field) is not None:
+            sip = _addr(errors, name, f"{key}:{field}", entry[field])
+            out[field] = None if sip is None else str(sip)
     out["ipv6_autoconf"] = c["network"].get("ipv6_autoconf", True)
     dns = entry.get("dns_servers", c.get("dns_servers"))
     dns = _list(errors, name, f"{key}:dns_servers" if "dns_servers" in entry
@@ -1005,7 +1012,7 @@ def _check_across(errors, c, nodes):
             seen_host.setdefault(h, name)
 
 
-def _check_storage(errors, c, nodes, subnets=()):
+def _check_storage(errors, c, nodes, subnets=(), storage_net=None):
     st = c["storage"]
     pri, sec = st["primary"], st["secondary"]
     k = f"{ROOT}:storage"
@@ -1041,7 +1048,7 @@ def _check_storage(errors, c, nodes, subnets=()):
         elif pool["name"] == pri.get("name"):
             errors.add(None, f"{k}:secondary:pool:name", f"{pool['name']} is also the primary "
                        "pool's name")
-        sec.update(server=None, clients=[], pool={**pool, "type": "dir"})
+        sec.update(server=None, address=None, clients=[], pool={**pool, "type": "dir"})
         return
     if named is not None:
         if str(named) not in nodes:
@@ -1093,7 +1100,14 @@ def _check_storage(errors, c, nodes, subnets=()):
         if net is None:
             continue
         # Parsed, not compared as text: 0.0.0.0/0.0.0.0, x.x.x.x/0 and ::/00 are the world.
-        if not any(net.version == s.version and net.subnet_of(s) for s in subnets):
+        if storage_net is not None:
+            if not (net.version == storage_net.version and net.subnet_of(storage_net)):
+                errors.add(None, f"{k}:secondary:clients:{i}", f"{net} is not inside "
+                           f"{ROOT}:networks:storage ({storage_net}): the export goes to the "
+                           "nodes' storage addresses only (leave clients empty for exactly "
+                           "those)")
+                continue
+        elif not any(net.version == s.version and net.subnet_of(s) for s in subnets):
             errors.add(None, f"{k}:secondary:clients:{i}", f"{net} is not inside a cluster "
                        f"subnet ({', '.join(map(str, subnets)) or 'none'}): the export goes "
                        "to the nodes' addresses only (leave clients empty for exactly those)")
@@ -1102,66 +1116,109 @@ def _check_storage(errors, c, nodes, subnets=()):
     if isinstance(sec.get("clients"), list):
         sec["clients"] = clients
     _int(errors, None, f"{k}:secondary:wait_timeout", sec.get("wait_timeout"), 5, 3600)
+    # Where the share is served and mounted from: the server's storage address when the
+    # site has a storage network, its own address otherwise.
+    field = "ip" if storage_net is None else "storage_ip"
+    server = nodes.get(sec.get("server")) or {}
+    sec["address"] = server.get(field)
     if not sec.get("clients"):
         # The nodes that run guests (and the server); a management-only node mounts nothing.
-        sec["clients"] = sorted((n["ip"] for name, n in nodes.items() if n.get("ip")
+        sec["clients"] = sorted((n[field] for name, n in nodes.items() if n.get(field)
                                  and (n.get("hypervisor", True) or name == sec.get("server"))),
                                 key=lambda a: (ipaddress.ip_address(a).version,
                                                ipaddress.ip_address(a)))
 
 
-def _check_networks(errors, c, nodes, subnets, vms, seen):
-    """A migration network apart from the guests' (``networks:migration``): every hypervisor
-    has its address there (``nodes:<id>:migration_ip``, on an interface the site
-    configures), no guest address can be in it (it shares nothing with the cluster subnets,
-    where the guests are), and no address is given without the network."""
-    k = f"{ROOT}:networks:migration"
-    raw = (c.get("networks") or {}).get("migration")
-    net = None
-    if raw is not None:
-        try:
-            net = _canonical(raw, lambda v: ipaddress.ip_network(v, strict=True))
-        except ValueError as exc:
-            errors.add(None, k, f"{_q(raw)} is not a network ({_q(str(exc), 120)})")
-    if net is not None:
-        c["networks"]["migration"] = str(net)
-        for s in subnets:
-            if s.version == net.version and s.overlaps(net):
-                errors.add(None, k, f"{net} overlaps the cluster subnet {s}, where the guests "
-                           "are: the migration network must be one no guest can reach")
-        guests = [(v["ip"], f"VM {n}") for n, v in (vms or {}).items() if v.get("ip")]
-        guests += [(h.get("ip"), f"lease {hn}") for hn, h in
-                   ((c.get("dhcp") or {}).get("hosts") or {}).items() if isinstance(h, dict)]
-        lo, hi = (seen or {}).get("range", (None, None))
-        guests += [(str(a), "the DHCP range") for a in (lo, hi) if a is not None]
-        for addr, who in guests:
+def _side_networks(errors, c, subnets):
+    """The networks apart from the guests' (``networks:migration``, ``networks:storage``),
+    parsed, canonical, and sharing nothing with the cluster subnets (where the guests are).
+    A site may give both the same network. Returns {side: network or None}."""
+    nets = {}
+    given = c.get("networks") or {}
+    for side, carries in SIDE_NETWORKS.items():
+        k = f"{ROOT}:networks:{side}"
+        raw, net = given.get(side), None
+        if raw is not None:
             try:
-                if ipaddress.ip_address(str(addr)) in net:
-                    errors.add(None, k, f"{net} holds {addr} ({who}): guest addresses stay "
-                               "out of the migration network")
-            except ValueError:
-                pass  # its own error
-    taken = {}
-    for name, n in nodes.items():
-        key = f"{ROOT}:nodes:{name}:migration_ip"
-        mip = n.get("migration_ip")
-        if net is None:
-            if mip is not None:
-                errors.add(name, key, f"{mip} is given but {k} is not set")
-            continue
-        if not n.get("hypervisor", True):
-            continue
-        if mip is None:
-            errors.add(name, key, f"is required: {k} is {net}, and every hypervisor migrates "
-                       "over it")
-            continue
-        addr = ipaddress.ip_address(mip)
-        if addr not in net or (net.prefixlen < net.max_prefixlen - 1 and addr in (
-                net.network_address, net.broadcast_address)):
-            errors.add(name, key, f"{mip} is not a host address of {k} ({net})")
-        elif mip in taken:
-            errors.add(name, key, f"{mip} is also {taken[mip]}'s")
-        taken[mip] = name
+                net = _canonical(raw, lambda v: ipaddress.ip_network(v, strict=True))
+            except ValueError as exc:
+                errors.add(None, k, f"{_q(raw)} is not a network ({_q(str(exc), 120)})")
+        if net is not None:
+            c["networks"][side] = str(net)
+            for s in subnets:
+                if s.version == net.version and s.overlaps(net):
+                    errors.add(None, k, f"{net} overlaps the cluster subnet {s}, where the "
+                               f"guests are: the network for {carries} must be one no guest "
+                               "can reach")
+        nets[side] = net
+    sec = c["storage"]["secondary"]
+    if nets["storage"] is not None and not (sec.get("enabled") is True
+                                            and sec.get("type") == "nfs"):
+        errors.add(None, f"{ROOT}:networks:storage", "is set, but the formula serves no NFS "
+                   "share (storage:secondary:enabled true with type nfs): a site's own share "
+                   "is mounted over the network the site chose")
+        nets["storage"] = None
+    return nets
+
+
+def _side_members(c, nodes, side):
+    """The nodes that need an address on a side network: every hypervisor migrates; the
+    NFS server and the nodes that mount the share use the storage network."""
+    if side == "migration":
+        return [n for n, v in nodes.items() if v.get("hypervisor", True)]
+    server = c["storage"]["secondary"].get("server")
+    return [n for n, v in nodes.items() if v.get("hypervisor", True) or n == server]
+
+
+def _check_networks(errors, c, nodes, nets, vms, seen):
+    """No guest address (a VM's ip, a lease, the DHCP range) in a side network, every node
+    that uses one has its address there (``nodes:<id>:<side>_ip``, on an interface the
+    site configures), addresses are unique, and none is given without its network."""
+    guests = [(v["ip"], f"VM {n}") for n, v in (vms or {}).items() if v.get("ip")]
+    guests += [(h.get("ip"), f"lease {hn}") for hn, h in
+               ((c.get("dhcp") or {}).get("hosts") or {}).items() if isinstance(h, dict)]
+    lo, hi = (seen or {}).get("range", (None, None))
+    guests += [(str(a), "the DHCP range") for a in (lo, hi) if a is not None]
+    owner = {}  # address -> the node it belongs to, across the side networks
+    for side, carries in SIDE_NETWORKS.items():
+        k, net = f"{ROOT}:networks:{side}", nets.get(side)
+        if net is not None:
+            for addr, who in guests:
+                try:
+                    if ipaddress.ip_address(str(addr)) in net:
+                        errors.add(None, k, f"{net} holds {addr} ({who}): guest addresses "
+                                   f"stay out of the network for {carries}")
+                except ValueError:
+                    pass  # its own error
+        if net is None and (c.get("networks") or {}).get(side) is not None:
+            continue  # the network's own error says why; its addresses wait for it
+        members = set(_side_members(c, nodes, side)) if net is not None else set()
+        taken = {}
+        for name, n in nodes.items():
+            key = f"{ROOT}:nodes:{name}:{side}_ip"
+            sip = n.get(f"{side}_ip")
+            if net is None:
+                if sip is not None:
+                    errors.add(name, key, f"{sip} is given but {k} is not set")
+                continue
+            if name not in members:
+                if sip is not None:
+                    errors.add(name, key, f"{sip} is given, but {name} does not use {k} "
+                               f"({carries})")
+                continue
+            if sip is None:
+                errors.add(name, key, f"is required: {k} is {net}, and {name} uses it for "
+                           f"{carries}")
+                continue
+            addr = ipaddress.ip_address(sip)
+            if addr not in net or (net.prefixlen < net.max_prefixlen - 1 and addr in (
+                    net.network_address, net.broadcast_address)):
+                errors.add(name, key, f"{sip} is not a host address of {k} ({net})")
+            elif sip in taken:
+                errors.add(name, key, f"{sip} is also {taken[sip]}'s")
+            elif owner.get(sip, name) != name:
+                errors.add(name, key, f"{sip} is {owner[sip]}'s address on another network")
+            taken[sip] = owner[sip] = name
 
 
 def _check_clients_guests(errors, c, vms, seen):

@@ -192,3 +192,26 @@ def unit_state(unit):
     is_active = active == "active"
     return {"exists": load.strip() not in ("not-found", ""), "enabled": enabled,
             "active": is_active, "label": f"{enabled}/{'active' if is_active else 'inactive'}"}
+
+
+def local_address(address):
+    """
+    Whether ``address`` is one of this node's own: a socket can bind to it. A side network's
+    address (migration, storage) is configured by the site; the formula checks it is there
+    before it listens or mounts over it.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kvmcluster_node.local_address 172.30.20.41
+    """
+    import socket  # pylint: disable=import-outside-toplevel
+
+    fam = socket.AF_INET6 if ":" in str(address) else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((str(address), 0))
+        except (OSError, ValueError):
+            return False
+    return True

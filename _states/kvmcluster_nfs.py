@@ -49,6 +49,19 @@ def _not_client(view, server):
     return not me.get("hypervisor", True) and (server is None or me["name"] != server["name"])
 
 
+def _no_storage_address(ret, view):
+    """With a storage network, this node's address there must be on one of its interfaces
+    (the site configures it): the share is served and mounted over it only."""
+    sip = view["self"].get("storage_ip")
+    if view.get("networks", {}).get("storage") and sip and \
+            not __salt__["kvmcluster_node.local_address"](sip):
+        ret.update(result=False, comment=f"storage_ip {sip} is on no interface of "
+                   f"{view['self']['name']}: configure it on the storage network's interface "
+                   "(kvmcluster:networks:storage) first")
+        return ret
+    return None
+
+
 def _no_share(ret, view):
     ret["comment"] = (f"{view['self']['name']} is a management node: it neither serves nor "
                       "mounts the secondary storage")
@@ -106,6 +119,8 @@ def exported(name, exports_file, service):
     if view["self"]["name"] != server["name"]:
         ret["comment"] = f"not the NFS server ({server['name']} is)"
         return ret
+    if _no_storage_address(ret, view):
+        return ret
     path, clients = sec["export_path"], sec["clients"]
     text = __salt__["kvmcluster_nfs.exports_text"](path, clients, sec["export_options"])
     changes = {}
@@ -156,15 +171,15 @@ def _same_dir(a, b):
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-def _fstab_line(sec, server, is_server):
+def _fstab_line(sec, is_server):
     __utils__["kvmcluster_safe.check"]("/etc/fstab", "fstab", {
         "export_path": sec["export_path"], "mountpoint": sec["mountpoint"],
         "mount_options": list(sec["mount_options"]),
-        "server": "" if is_server else server["ip"]})
+        "server": "" if is_server else sec["address"]})
     if is_server:
         return f"{sec['export_path']} {sec['mountpoint']} none bind 0 0"
     opts = ",".join(sec["mount_options"])
-    return f"{server['ip']}:{sec['export_path']} {sec['mountpoint']} nfs {opts} 0 0"
+    return f"{sec['address']}:{sec['export_path']} {sec['mountpoint']} nfs {opts} 0 0"
 
 
 def _fstab_diff(fstab_text, mountpoint, line):
@@ -203,16 +218,18 @@ def mounted(name, fstab="/etc/fstab"):
         return _no_share(ret, view)
     if server is None:
         return _external(ret, view, sec)
+    if _no_storage_address(ret, view):
+        return ret
     is_server = view["self"]["name"] == server["name"]
     mp = sec["mountpoint"]
-    line = _fstab_line(sec, server, is_server)
+    line = _fstab_line(sec, is_server)
     cur_fstab = __salt__["kvmcluster_node.file_text"](fstab) or ""
     new_fstab, old_line = _fstab_diff(cur_fstab, mp, line)
     changes = {}
     if new_fstab != cur_fstab:
         changes[fstab] = {"old": old_line, "new": line}
     live = __salt__["kvmcluster_nfs.mount_of"](mp)
-    want_source = sec["export_path"] if is_server else f"{server['ip']}:{sec['export_path']}"
+    want_source = sec["export_path"] if is_server else f"{sec['address']}:{sec['export_path']}"
     if live is None:
         changes["mounted"] = {"old": None, "new": want_source}
     elif is_server:
@@ -241,7 +258,7 @@ def mounted(name, fstab="/etc/fstab"):
                 __salt__["kvmcluster_nfs.mount"](sec["export_path"], mp, "none", ["bind"])
             else:
                 waited = __salt__["kvmcluster_nfs.wait_and_mount"](
-                    server["name"], server["ip"], sec["export_path"], mp,
+                    server["name"], sec["address"], sec["export_path"], mp,
                     sec["mount_options"], sec["wait_timeout"])
                 # In the comment, not in changes: test=True cannot know it.
                 note = f"; waited {waited} s for {server['name']}" if waited else ""

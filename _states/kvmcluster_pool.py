@@ -32,7 +32,7 @@ def _desired(role):
                 "source": None, "mounted": True}
         # The server has the export bind-mounted at the mountpoint: a dir pool there.
         if server and sec["pool"]["type"] == "netfs" and view["self"]["name"] != server["name"]:
-            pool.update(type="netfs", source={"host": server["ip"], "dir": sec["export_path"],
+            pool.update(type="netfs", source={"host": sec["address"], "dir": sec["export_path"],
                                               "format": "nfs"})
         return pool
     raise ValueError(f"unknown pool role {role!r}")

@@ -51,8 +51,9 @@ KEYS = [
     ("storage:secondary:export_options", "list of words", "Export options "
      "(``/etc/exports.d``).", "spaces, commas inside one option, control characters"),
     ("storage:secondary:clients", "list of networks", "Who may mount the export; empty "
-     "means the node addresses.", "the world; a network outside the subnets; one that "
-     "covers a VM address, a lease or the DHCP range"),
+     "means the node addresses (their ``storage_ip`` with ``networks:storage``).",
+     "the world; a network outside the subnets (outside ``networks:storage`` when it is "
+     "set); one that covers a VM address, a lease or the DHCP range"),
     ("storage:secondary:wait_timeout", "seconds 5-3600", "How long a client's mount waits "
      "for the server's export during one apply.", "outside 5-3600"),
     ("storage:secondary:pool:name", "pool name", "The secondary pool's libvirt name.",
@@ -145,6 +146,11 @@ KEYS = [
     ("networks:migration", "network or null", "A network apart from the guests' for live "
      "migration's stream (on an interface the site configures on each hypervisor).",
      "not a network; overlapping a cluster subnet; holding a guest address"),
+    ("networks:storage", "network or null", "A network apart from the guests' for the NFS "
+     "share: the server exports to and is mounted from its nodes' addresses there (on an "
+     "interface the site configures on the server and each hypervisor).",
+     "not a network; overlapping a cluster subnet; holding a guest address; set without the "
+     "formula's NFS share"),
     ("migration:enabled", "switch", "Live migration between nodes (ports, qemu.conf, "
      "transport).", "anything but true or false"),
     ("migration:ports", "[first, last]", "QEMU's incoming migration ports, written to "
@@ -244,6 +250,10 @@ KEYS = [
      "(an interface the site configures): migrations to it arrive there only.",
      "without ``networks:migration``; missing on a hypervisor when it is set; outside it; "
      "another node's"),
+    ("nodes:<id>:storage_ip", "address", "The node's address on ``networks:storage`` (an "
+     "interface the site configures): the share is served and mounted there only.",
+     "without ``networks:storage``; missing on the NFS server or a hypervisor when it is "
+     "set; on a node that does not use the share; outside it; another node's"),
     ("nodes:<id>:gateway", "address", "Overrides ``gateway``.", "not on-link"),
     ("nodes:<id>:gateway6", "address", "Overrides ``gateway6``.", "not IPv6"),
     ("nodes:<id>:dns_servers", "list of addresses", "Overrides ``dns_servers``.",

@@ -28,8 +28,24 @@ def formula_values():
     return yaml.safe_load((REPO / "kvmcluster/parameters/defaults.yaml").read_text())["values"]
 
 
-SEED_PILLAR = yaml.safe_load((REPO / "pillar.example").read_text()) \
+EXAMPLE_PILLAR = yaml.safe_load((REPO / "pillar.example").read_text()) \
     if (REPO / "pillar.example").exists() else None
+
+
+def _over_node_addresses(example):
+    """pillar.example with the share on the nodes' own addresses (no networks:storage):
+    most tests of the export's clients, the firewall and the mounts start from there;
+    test_storage_network.py starts from the example as it is."""
+    if example is None:
+        return None
+    out = copy.deepcopy(example)
+    out["kvmcluster"]["networks"]["storage"] = None
+    for node in out["kvmcluster"]["nodes"].values():
+        node.pop("storage_ip", None)
+    return out
+
+
+SEED_PILLAR = _over_node_addresses(EXAMPLE_PILLAR)
 
 
 @pytest.fixture

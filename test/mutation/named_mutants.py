@@ -349,6 +349,20 @@ MUTS.update({
         "_modules/kvmcluster_pki.py", "test/unit/test_pki.py",
         "for a in (me.get(\"ip\"), me.get(\"ip6\"), me.get(\"migration_ip\")) if a]",
         "for a in (me.get(\"ip\"), me.get(\"ip6\")) if a]"),
+    "export clients outside the storage network accepted": (
+        "_modules/kvmcluster_model.py", "test/unit/test_storage_network.py",
+        "            if not (net.version == storage_net.version and net.subnet_of(storage_net)):",
+        "            if False:"),
+    "the share's clients are the node addresses beside a storage network": (
+        "_modules/kvmcluster_model.py", "test/unit/test_storage_network.py",
+        "    field = \"ip\" if storage_net is None else \"storage_ip\"", "    field = \"ip\""),
+    "a hypervisor needs no storage address": (
+        "_modules/kvmcluster_model.py", "test/unit/test_storage_network.py",
+        "if v.get(\"hypervisor\", True) or n == server]", "if n == server]"),
+    "a node mounts without its storage address": (
+        "_states/kvmcluster_nfs.py", "test/unit/test_storage_network.py",
+        "    if view.get(\"networks\", {}).get(\"storage\") and sip and",
+        "    if False and sip and"),
 })
 # Arguments: run only the mutants whose names contain one of them.
 if sys.argv[1:]:

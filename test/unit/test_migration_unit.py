@@ -373,6 +373,8 @@ def test_without_a_migration_network_the_stream_goes_to_the_node_address():
 
 def test_the_target_refuses_when_its_migration_address_is_not_on_it():
     mod = load_module("_modules", "kvmcluster_migration")
+    node = load_module("_modules", "kvmcluster_node")
+    mod.__salt__ = {"kvmcluster_node.local_address": node.local_address}
     me = {"name": "kvm02", "migration_ip": "192.0.2.250"}
     assert mod._migration_address_reasons(me) == [
         "migration_ip 192.0.2.250 is on no interface of kvm02: configure it on the migration "

@@ -113,9 +113,9 @@ WRITERS = {
     "exports: option": ("no_subtree_check", lambda v: nfs_mod.exports_text(
         "/data01/secondary", ["172.30.10.41"], ["rw", v])),
     "fstab: mountpoint": ("/mnt/secondary", lambda v: nfs_state._fstab_line(
-        dict(SEC, mountpoint=v), {"ip": "172.30.10.41"}, False)),
+        dict(SEC, mountpoint=v, address="172.30.10.41"), False)),
     "fstab: option": ("vers=4.2", lambda v: nfs_state._fstab_line(
-        dict(SEC, mount_options=["hard", v]), {"ip": "172.30.10.41"}, False)),
+        dict(SEC, mount_options=["hard", v], address="172.30.10.41"), False)),
     "sudoers: account": ("kvmadmin", lambda v: account._sudoers_text(v)),
     "known_hosts: host key": (fake_pubkey("kvm02"), lambda v: migration._known_hosts_text(
         _view("kvm01", _set(("nodes", "kvm02", "ssh_host_keys"), [v])))),
