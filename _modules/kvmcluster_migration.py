@@ -323,15 +323,9 @@ def data_address(node):
 
 
 def _vol_xml(name, capacity, fmt, backing=None, backing_format=None):
-    vol = ET.Element("volume")
-    ET.SubElement(vol, "name").text = name
-    ET.SubElement(vol, "capacity", unit="bytes").text = str(int(capacity))
-    ET.SubElement(ET.SubElement(vol, "target"), "format", type=fmt)
-    if backing:
-        bs = ET.SubElement(vol, "backingStore")
-        ET.SubElement(bs, "path").text = backing
-        ET.SubElement(bs, "format", type=backing_format or "raw")
-    return ET.tostring(vol, encoding="unicode")
+    owner = __utils__["kvmcluster_volume.owner"]()
+    return __utils__["kvmcluster_volume.xml"](name, capacity, fmt, backing, backing_format,
+                                              owner=owner)
 
 
 def prepare(vm_plan, copy, parameters=None, cluster=None, uri=DEFAULT_URI):

@@ -1094,6 +1094,14 @@ def _check_storage(errors, c, nodes, subnets=(), storage_net=None):
     for o in eopts:
         if not (isinstance(o, str) and re.match(r"^[A-Za-z0-9_.=:/-]+\Z", o)):
             errors.add(None, f"{k}:secondary:export_options", f"{_q(o)}: one option per list item")
+    if "root_squash" in eopts and "no_root_squash" in eopts:
+        errors.add(None, f"{k}:secondary:export_options", "has both root_squash and "
+                   "no_root_squash")
+    for o in eopts:
+        if isinstance(o, str) and o.split("=", 1)[0] in ("anonuid", "anongid") and \
+                not re.match(r"^anon[ug]id=\d{1,10}\Z", o):
+            errors.add(None, f"{k}:secondary:export_options", f"{_q(o)}: anonuid and anongid "
+                       "take a number")
     clients = []
     for i, cl in enumerate(_list(errors, None, f"{k}:secondary:clients", sec.get("clients"))):
         net = _network(errors, None, f"{k}:secondary:clients:{i}", cl)

@@ -215,3 +215,17 @@ def local_address(address):
         except (OSError, ValueError):
             return False
     return True
+
+
+def qemu_account():
+    """
+    The account QEMU runs as on this node (Debian's ``libvirt-qemu``, EL's ``qemu``) as
+    ``{"name", "uid", "gid"}``, or None when libvirt has not made it.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' kvmcluster_node.qemu_account
+    """
+    return __utils__["kvmcluster_volume.qemu_account"]()

@@ -317,16 +317,10 @@ def golden(image, secondary_pool, uri=DEFAULT_URI):
 
 
 def _vol_xml(name, capacity, backing=None):
-    vol = ET.Element("volume")
-    _sub(vol, "name", name)
-    _sub(vol, "capacity", capacity, unit="bytes")
-    target = _sub(vol, "target")
-    _sub(target, "format", type="qcow2")
-    if backing:
-        bs = _sub(vol, "backingStore")
-        _sub(bs, "path", backing["path"])
-        _sub(bs, "format", type=backing["format"])
-    return ET.tostring(vol, encoding="unicode")
+    owner = __utils__["kvmcluster_volume.owner"]()
+    return __utils__["kvmcluster_volume.xml"](
+        name, capacity, "qcow2", backing and backing["path"], backing and backing["format"],
+        owner=owner)
 
 
 def volume_exists(pool, name, uri=DEFAULT_URI):

@@ -96,11 +96,82 @@ def packages(name, server_pkgs, client_pkgs):
         done=lambda c: f"installed {', '.join(c)}")
 
 
+def _squashes(options):
+    """Whether the export maps the clients' root to an anonymous account: the kernel's
+    default unless ``no_root_squash`` is given."""
+    return "no_root_squash" not in options
+
+
+def _anonymous(options, account):
+    """(options with the anonymous account, (uid, gid) clients' root becomes). A root-squashed
+    client's root acts as the QEMU account: libvirt's volumes are then born the QEMU
+    account's, and root on a client holds no more than QEMU does."""
+    given = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in options if "=" in o}
+    out = list(options)
+    for key, field in (("anonuid", "uid"), ("anongid", "gid")):
+        if key not in given:
+            given[key] = account[field]
+            out.append(f"{key}={account[field]}")
+    return out, (int(given["anonuid"]), int(given["anongid"]))
+
+
+EXPORT_DIR_MODE = 0o750  # a squashed share: the QEMU account's, closed to other accounts
+
+
+def _dir_label(path):
+    """'uid:gid mode' of the export directory, None when missing; a link is refused."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not os.path.isdir(path) or os.path.islink(path):
+        raise _skeleton().Refused(f"{path} is not a directory (a link or a file): the export "
+                                  "directory must be a real one")
+    return f"{st.st_uid}:{st.st_gid} {st.st_mode & 0o7777:04o}"
+
+
+def _own_dir(path, uid, gid, mode):
+    """The export directory made (if missing) and given to uid:gid with mode, through its
+    descriptor: never through a link put in its place."""
+    os.makedirs(os.path.dirname(path) or "/", mode=0o755, exist_ok=True)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        pass
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def _not_owned(path, uid, limit=3):
+    """Files at the top of the export not owned by ``uid`` (up to ``limit`` names) and
+    their count: a root-squashed client's libvirt cannot open them."""
+    names, count = [], 0
+    try:
+        with os.scandir(path) as it:
+            for entry in it:
+                if entry.is_file(follow_symlinks=False) and \
+                        entry.stat(follow_symlinks=False).st_uid != uid:
+                    count += 1
+                    if len(names) < limit:
+                        names.append(entry.name)
+    except OSError:
+        pass
+    return count, names
+
+
 def exported(name, exports_file, service):
     """
     On the model's NFS server: the export directory exists, ``exports_file`` exports it to
     the model's clients with its options, the kernel's export table has it, and ``service``
     is enabled and running. Elsewhere: nothing.
+
+    A root-squashed export (the default: ``no_root_squash`` not in the options) maps the
+    clients' root to this node's QEMU account (``anonuid``/``anongid``, unless the options
+    name them), and the export directory is that account's, mode 0750.
 
     name
         Any; reported back.
@@ -121,11 +192,34 @@ def exported(name, exports_file, service):
         return ret
     if _no_storage_address(ret, view):
         return ret
-    path, clients = sec["export_path"], sec["clients"]
-    text = __salt__["kvmcluster_nfs.exports_text"](path, clients, sec["export_options"])
+    path, clients, options = sec["export_path"], sec["clients"], list(sec["export_options"])
+    owner = None
+    if _squashes(options):
+        account = __salt__["kvmcluster_node.qemu_account"]()
+        if account is None and not all(any(o.startswith(k) for o in options)
+                                       for k in ("anonuid=", "anongid=")):
+            ret.update(result=False, comment="the export squashes root to the QEMU account, "
+                       f"and {server['name']} has none (libvirt-qemu or qemu): install "
+                       "libvirt there, or name anonuid= and anongid= in "
+                       "kvmcluster:storage:secondary:export_options")
+            return ret
+        options, (uid, gid) = _anonymous(options, account or {})
+        owner = (uid, gid, EXPORT_DIR_MODE)
+    text = __salt__["kvmcluster_nfs.exports_text"](path, clients, options)
     changes = {}
-    if not os.path.isdir(path):
-        changes["export_dir"] = {"old": None, "new": path}
+    try:
+        label = _dir_label(path)
+    except _skeleton().Refused as exc:
+        ret.update(result=False, comment=str(exc))
+        return ret
+    if owner is None:
+        if label is None:
+            changes["export_dir"] = {"old": None, "new": path}
+    else:
+        want = f"{owner[0]}:{owner[1]} {owner[2]:04o}"
+        if label != want:
+            changes["export_dir"] = {"old": label and f"{path} {label}",
+                                     "new": f"{path} {want}"}
     cur = __salt__["kvmcluster_node.file_text"](exports_file)
     if cur != text:
         changes[exports_file] = {"old": cur, "new": text}
@@ -136,14 +230,24 @@ def exported(name, exports_file, service):
     live = __salt__["kvmcluster_nfs.exported"](path)
     if sorted(live) != sorted(clients):
         changes["exported_to"] = {"old": sorted(live), "new": sorted(clients)}
+    note = ""
+    if owner is not None:
+        count, names = _not_owned(path, owner[0])
+        if count:
+            # Not a change the state makes: the files are the site's (see docs/security.rst).
+            note = (f"; {count} file(s) there are not uid {owner[0]}'s ({', '.join(names)}): "
+                    "root-squashed clients cannot open them; chown them to the QEMU account")
     if not changes:
-        ret["comment"] = f"{path} exported to {', '.join(clients)}"
+        ret["comment"] = f"{path} exported to {', '.join(clients)}{note}"
         return ret
     if __opts__["test"]:
-        ret.update(result=None, changes=changes, comment=f"export of {path} would change")
+        ret.update(result=None, changes=changes, comment=f"export of {path} would change{note}")
         return ret
     try:
-        os.makedirs(path, mode=0o755, exist_ok=True)
+        if owner is None:
+            os.makedirs(path, mode=0o755, exist_ok=True)
+        elif "export_dir" in changes:
+            _own_dir(path, *owner)
         if cur != text:
             __salt__["kvmcluster_node.write_file"](exports_file, text)
         if "service" in changes:
@@ -153,13 +257,16 @@ def exported(name, exports_file, service):
             __salt__["kvmcluster_nfs.reexport"]()
         live = __salt__["kvmcluster_nfs.exported"](path)
         unit = __salt__["kvmcluster_node.unit_state"](service)
+        label = _dir_label(path)
     except Exception as exc:  # pylint: disable=broad-except
         ret.update(result=False, changes=changes, comment=str(exc))
         return ret
-    ok = sorted(live) == sorted(clients) and unit["active"]
+    ok = sorted(live) == sorted(clients) and unit["active"] and (
+        owner is None or label == f"{owner[0]}:{owner[1]} {owner[2]:04o}")
     ret.update(changes=changes, result=ok,
-               comment=f"{path} exported to {', '.join(clients)}" if ok else
-               f"export of {path} is {sorted(live)}, service active={unit['active']}")
+               comment=f"{path} exported to {', '.join(clients)}{note}" if ok else
+               f"export of {path} is {sorted(live)}, service active={unit['active']}, "
+               f"directory {label}")
     return ret
 
 

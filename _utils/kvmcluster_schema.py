@@ -46,10 +46,15 @@ KEYS = [
      "as ``storage:primary:path``"),
     ("storage:secondary:mountpoint", "path", "Where every node mounts the share.",
      "as ``storage:primary:path``"),
-    ("storage:secondary:mount_options", "list of words", "NFS mount options (fstab).",
+    ("storage:secondary:mount_options", "list of words", "NFS mount options (fstab). The "
+     "defaults keep set-id programs, devices and programs of the share from running.",
      "spaces, commas inside one option, control characters"),
     ("storage:secondary:export_options", "list of words", "Export options "
-     "(``/etc/exports.d``).", "spaces, commas inside one option, control characters"),
+     "(``/etc/exports.d``). Unless ``no_root_squash`` is among them, a client's root acts as "
+     "the server's QEMU account on the share (``anonuid``/``anongid`` are added unless "
+     "given) and the export directory is that account's, mode 0750.",
+     "spaces, commas inside one option, control characters; both ``root_squash`` and "
+     "``no_root_squash``; ``anonuid``/``anongid`` without a number"),
     ("storage:secondary:clients", "list of networks", "Who may mount the export; empty "
      "means the node addresses (their ``storage_ip`` with ``networks:storage``).",
      "the world; a network outside the subnets (outside ``networks:storage`` when it is "

@@ -22,11 +22,17 @@ def vm_lab(lab):  # noqa: ARG001  (after the container lab's tests)
     pillar["kvmcluster"]["storage"]["secondary"] = {"enabled": True, "server": "kvm01"}
     # TCG nodes are slow and a bond has four interfaces: the default timeout, not the lab's.
     pillar["kvmcluster"]["network"]["rollback_timeout"] = 90
+    # The share over a storage network apart from the guests': each node's third NIC (eth2)
+    # on the lab's second bridge, configured by the node's own ifupdown as a site would.
+    pillar["kvmcluster"].setdefault("networks", {})["storage"] = net.MIGRATION_SUBNET
     for node in ("kvm01", "kvm02"):
         # bond0 (802.3ad by default) of both NICs under br0. The lab switch carries 1500.
         entry = pillar["kvmcluster"]["nodes"][node]
         del entry["nic"]
         entry["bond"] = {"slaves": ["eth0", "eth1"], "mtu": 1500}
+        entry["storage_ip"] = net.migration_ip_of(vms.ip[node])
+        vms.ssh(node, "printf '\\nauto eth2\\niface eth2 inet static\\n    address %s/24\\n' "
+                      f"{entry['storage_ip']} >> /etc/network/interfaces && ifup eth2")
     vms.pillar = pillar
     vms.reset_pillar()
     yield vms
@@ -52,18 +58,30 @@ def test_vm_nodes_over_salt_ssh(vm_lab):
 
 
 POOL_PY = r"""
-import json, sys, libvirt
+import json, pwd, sys, libvirt
 c = libvirt.open("qemu:///system")
 p = c.storagePoolLookupByName("secondary")
 action = sys.argv[1]
-if action == "create":
-    p.createXML("<volume><name>%s</name><capacity unit='MiB'>8</capacity>"
-                "<target><format type='raw'/></target></volume>" % sys.argv[2], 0)
+qemu = pwd.getpwnam("libvirt-qemu")
+# As the formula makes volumes: owned by the QEMU account ("create"), or as virsh
+# vol-create-as would, with no owner ("bare").
+perms = ("<permissions><owner>%d</owner><group>%d</group><mode>0600</mode></permissions>"
+         % (qemu.pw_uid, qemu.pw_gid)) if action == "create" else ""
+error = None
+if action in ("create", "bare"):
+    try:
+        p.createXML("<volume><name>%s</name><capacity unit='MiB'>8</capacity>"
+                    "<target><format type='raw'/>%s</target></volume>" % (sys.argv[2], perms), 0)
+    except libvirt.libvirtError as exc:
+        error = exc.get_error_message()
 p.refresh(0)
-print(json.dumps({"active": p.isActive(), "autostart": p.autostart(),
+print(json.dumps({"active": p.isActive(), "autostart": p.autostart(), "error": error,
                   "volumes": sorted(p.listVolumes()),
                   "type": p.XMLDesc(0).split("type='", 1)[1].split("'")[0]}))
 """
+
+
+STORAGE = {"kvm01": "172.30.20.41", "kvm02": "172.30.20.42"}  # nodes:<id>:storage_ip
 
 
 def pool(vm_lab, node, *args):
@@ -103,7 +121,7 @@ def test_secondary_storage_over_nfs(vm_lab):
     # The NFS server lets its clients in for nfs, rpc-bind and mountd; each node lets the
     # other in for migration; the rules are runtime and permanent alike.
     nfs = [f'rule family="ipv4" source address="{c}" service name="{svc}" accept'
-           for c in ("172.30.10.41", "172.30.10.42") for svc in ("mountd", "nfs", "rpc-bind")]
+           for c in STORAGE.values() for svc in ("mountd", "nfs", "rpc-bind")]
     mig = ('rule family="ipv4" source address="{}" port port="%d-%d" protocol="tcp" accept'
            % saltcfg.MIGRATION_PORTS)
     assert rich_rules(vm_lab, "kvm01") == sorted(nfs + [mig.format("172.30.10.42")])
@@ -112,27 +130,60 @@ def test_secondary_storage_over_nfs(vm_lab):
         assert rich_rules(vm_lab, node, permanent=True) == rich_rules(vm_lab, node)
         show(f"firewalld on {node} (VM node), zone public, runtime = permanent",
              "\n".join(rich_rules(vm_lab, node)))
-    # Through the firewall: NFS connects, a port nobody opened is rejected by firewalld.
-    assert tcp_probe(vm_lab, "kvm02", "172.30.10.41", 2049) == "connected"
+    # Through the firewall: NFS connects over the storage network only; over the nodes'
+    # (and guests') network firewalld rejects it, as it does a port nobody opened.
+    assert tcp_probe(vm_lab, "kvm02", STORAGE["kvm01"], 2049) == "connected"
+    assert tcp_probe(vm_lab, "kvm02", "172.30.10.41", 2049) == "No route to host"
     assert tcp_probe(vm_lab, "kvm02", "172.30.10.41", 16514) == "No route to host"
     exports = vm_lab.ssh("kvm01", "cat /etc/exports.d/kvmcluster.exports; exportfs -v")
-    assert '"/data01/secondary" 172.30.10.41(rw,sync,no_subtree_check,no_root_squash) ' \
-           "172.30.10.42(rw,sync,no_subtree_check,no_root_squash)" in exports
-    assert "/data01/secondary\n\t\t172.30.10.42(" in exports or \
-           "/data01/secondary\t172.30.10.42(" in exports
+    # Root-squashed: a client's root acts as the server's QEMU account, never as root.
+    uid, gid = vm_lab.ssh("kvm01", "id -u libvirt-qemu; id -g libvirt-qemu").split()
+    opts = f"rw,sync,no_subtree_check,root_squash,anonuid={uid},anongid={gid}"
+    assert f'"/data01/secondary" 172.30.20.41({opts}) 172.30.20.42({opts})' in exports, exports
+    assert vm_lab.ssh("kvm01", "stat -c '%u:%g %a' /data01/secondary").strip() == \
+        f"{uid}:{gid} 750"
+    assert "/data01/secondary\n\t\t172.30.20.42(" in exports or \
+           "/data01/secondary\t172.30.20.42(" in exports
+    assert "172.30.10." not in exports
     mnt = vm_lab.ssh("kvm02", "findmnt -n -o SOURCE,FSTYPE,OPTIONS /mnt/secondary; "
                               "grep /mnt/secondary /etc/fstab")
-    assert mnt.startswith("172.30.10.41:/data01/secondary nfs4 ")
-    assert "hard" in mnt and "timeo=600" in mnt
-    assert "172.30.10.41:/data01/secondary /mnt/secondary nfs vers=4.2,hard,timeo=600," \
-           "retrans=2,_netdev 0 0" in mnt
+    assert mnt.startswith("172.30.20.41:/data01/secondary nfs4 ")
+    assert all(o in mnt.split()[2].split(",") for o in ("hard", "timeo=600", "nosuid",
+                                                        "nodev", "noexec")), mnt
+    assert "172.30.20.41:/data01/secondary /mnt/secondary nfs vers=4.2,hard,timeo=600," \
+           "retrans=2,_netdev,nosuid,nodev,noexec 0 0" in mnt
+    # The client's NFS connection runs between the storage addresses.
+    conns = vm_lab.ssh("kvm02", "ss -Htn state established '( dport = :2049 )'")
+    assert f"{STORAGE['kvm02']}:" in conns and f"{STORAGE['kvm01']}:2049" in conns, conns
+    show("the share over the storage network (kvm02): mount, fstab, NFS connection",
+         mnt.strip() + "\n" + conns.strip())
     srv = vm_lab.ssh("kvm01", "findmnt -n -o SOURCE /mnt/secondary")
     assert srv.strip().endswith("[/secondary]")  # the server's bind mount of its export
     assert pool(vm_lab, "kvm01", "list")["type"] == "dir"
     client = pool(vm_lab, "kvm02", "create", "made-on-kvm02.img")
     assert client["type"] == "netfs" and client["active"] and client["autostart"]
+    assert client["error"] is None and "made-on-kvm02.img" in client["volumes"]
     server = pool(vm_lab, "kvm01", "list")  # refreshed by the script
     assert "made-on-kvm02.img" in server["volumes"] and server["active"] and server["autostart"]
+    assert vm_lab.ssh("kvm01", "stat -c '%u:%g %a' /data01/secondary/made-on-kvm02.img"
+                      ).strip() == f"{uid}:{gid} 600"
+    # Without an owner in its definition, libvirt cannot make a volume on the squashed share.
+    bare = pool(vm_lab, "kvm02", "bare", "bare.img")
+    assert bare["error"] and "bare.img" not in bare["volumes"], bare
+    # Root on a client is the QEMU account there: what it makes is that account's, and a
+    # file of the server's root stays closed to it.
+    vm_lab.ssh("kvm01", "umask 077; echo secret > /data01/secondary/root-only")
+    squash = vm_lab.ssh("kvm02", "touch /mnt/secondary/root-made; stat -c %u "
+                                 "/mnt/secondary/root-made; cat /mnt/secondary/root-only 2>&1; "
+                                 "rm -f /mnt/secondary/root-made; true")
+    vm_lab.ssh("kvm01", "rm -f /data01/secondary/root-only")
+    assert squash.splitlines()[0] == uid and "Permission denied" in squash, squash
+    show("root squashed on the share (kvm02, a client)",
+         f"export: {opts}\nexport directory: {uid}:{gid} 750\n"
+         f"volume made through the netfs pool: {uid}:{gid} 600\n"
+         f"a volume with no owner in its definition: {bare['error']}\n"
+         f"root's own file, made on kvm02: uid {squash.splitlines()[0]}\n"
+         f"a root-only file of the server, read by kvm02's root: {squash.splitlines()[1]}")
     t0 = time.monotonic()
     again, proc = vm_lab.apply()
     record_timing("salt-ssh state.apply with NFS, second run, 2 VM nodes (TCG)",
@@ -145,6 +196,100 @@ def test_secondary_storage_over_nfs(vm_lab):
         record_timing(f"takeover of bond0 (eth0+eth1) by br0 on {node} (VM, ifupdown), "
                       "transaction until the local check passed",
                       float(re.search(r"took over in ([\d.]+)s", took).group(1)))
+
+
+@pytest.fixture
+def share_up(vm_lab):
+    """The cluster converged with the share mounted on kvm02 (applied here when an earlier
+    test has not)."""
+    if not vm_lab.ssh("kvm02", "findmnt -n /mnt/secondary || true").strip():
+        results, _ = vm_lab.apply()
+        for node in ("kvm01", "kvm02"):
+            assert summarize(results[node])["failed"] == 0, summarize(results[node])
+    return vm_lab
+
+
+GUEST_IP = "172.30.10.150"  # a guest's own address on the nodes' bridge (no node's)
+# A guest on kvm02's br0 as far as the network can tell: a namespace behind a veth port of
+# the bridge, with the kernel's own NFS client (a container guest would have none).
+GUEST_UP = f"""set -e
+ip netns add kvg
+ip link add kvg-h type veth peer name kvg-g
+ip link set kvg-h master br0 up
+ip link set kvg-g netns kvg
+ip -n kvg link set lo up
+ip -n kvg addr add {GUEST_IP}/24 dev kvg-g
+ip -n kvg link set kvg-g up
+mkdir -p /run/kvg-mnt
+"""
+GUEST_DOWN = "ip netns del kvg 2>/dev/null; ip link del kvg-h 2>/dev/null; rmdir /run/kvg-mnt; true"
+
+
+def guest_mount(vm_lab, server):
+    """How the guest's NFS mount of the export ends: 'mounted' (and unmounted again) or
+    the mount's own error, within 40 s."""
+    cmd = (f"ip netns exec kvg sh -c 'timeout 40 mount -t nfs -o vers=4.2,soft,retry=0,"
+           f"timeo=50,retrans=1 {server}:/data01/secondary /run/kvg-mnt 2>&1 && "
+           "stat -f /run/kvg-mnt >/dev/null && umount /run/kvg-mnt && echo mounted'; true")
+    return (vm_lab.ssh("kvm02", cmd, timeout=90).strip().splitlines() or ["(no output)"])[-1]
+
+
+def test_a_guest_cannot_mount_the_share_and_a_planted_link_is_left_alone(share_up):
+    lab = share_up
+    lab.ssh("kvm02", GUEST_UP)
+    try:
+        # The guest reaches the server's node address, so what stops it is the formula's.
+        ping = lab.ssh("kvm02", "ip netns exec kvg ping -c 2 -W 2 172.30.10.41 >/dev/null "
+                                "&& echo reached || echo unreached").strip()
+        assert ping == "reached"
+        over_nodes = guest_mount(lab, "172.30.10.41")
+        over_storage = guest_mount(lab, STORAGE["kvm01"])
+        assert over_nodes != "mounted" and over_storage != "mounted"
+        assert "Network is unreachable" in over_storage, over_storage
+        # kvm02 itself mounts the share (over the storage network) all along.
+        assert lab.ssh("kvm02", "findmnt -n -o SOURCE /mnt/secondary").strip() == \
+            f"{STORAGE['kvm01']}:/data01/secondary"
+        # The same guest with the guards undone by hand (export and firewall) mounts it:
+        # the test can fail.
+        lab.ssh("kvm01", f"exportfs -o rw,sync,no_subtree_check {GUEST_IP}:/data01/secondary"
+                         " && firewall-cmd -q --add-rich-rule='rule family=\"ipv4\" source "
+                         f"address=\"{GUEST_IP}\" service name=\"nfs\" accept'")
+        try:
+            undone = guest_mount(lab, "172.30.10.41")
+        finally:
+            lab.ssh("kvm01", f"exportfs -u {GUEST_IP}:/data01/secondary; firewall-cmd -q "
+                             "--reload", check=False)
+        assert undone == "mounted", undone
+        show("a guest's NFS mount of the export (kvm02's bridge, " + GUEST_IP + ")",
+             f"to the server's node address: {over_nodes}\n"
+             f"to the server's storage address: {over_storage}\n"
+             f"with the export and firewall opened to it by hand: {undone}")
+    finally:
+        lab.ssh("kvm02", GUEST_DOWN, check=False)
+    # Links planted on the share where root once wrote (the probe's old names) point at a
+    # root-only file on each node; status probes the share as root on every node.
+    victim = "root:$6$secret:19000::::::"
+    for node in ("kvm01", "kvm02"):
+        lab.ssh(node, f"printf '%s\\n' '{victim}' > /root/victim && chmod 600 /root/victim")
+    for name in (".kvmcluster-probe", ".kvmcluster-probe-kvm01", ".kvmcluster-probe-kvm02"):
+        lab.ssh("kvm01", f"ln -sfn /root/victim /data01/secondary/{name}")
+    try:
+        proc = saltcfg.salt_run("kvmcluster.status", "ssh=True", "--out=json", timeout=600)
+        data = json.loads(proc.stdout)
+        for node in ("kvm01", "kvm02"):
+            assert data["nodes"][node]["share"]["writable"] is True, data["nodes"][node]["share"]
+            after = lab.ssh(node, "stat -c '%u:%g:%a' /root/victim; cat /root/victim").split()
+            assert after == ["0:0:600", victim], (node, after)
+        left = lab.ssh("kvm01", "find /data01/secondary -maxdepth 1 -name '.kvmcluster-probe*' "
+                                "-printf '%y %f\\n' | sort").split("\n")
+        assert left == ["l .kvmcluster-probe", "l .kvmcluster-probe-kvm01",
+                        "l .kvmcluster-probe-kvm02"], left
+        show("links planted on the share, after salt-run kvmcluster.status",
+             "\n".join(left) + "\n/root/victim on kvm01 and kvm02: 0:0:600, content unchanged")
+    finally:
+        lab.ssh("kvm01", "rm -f /data01/secondary/.kvmcluster-probe*", check=False)
+        for node in ("kvm01", "kvm02"):
+            lab.ssh(node, "rm -f /root/victim", check=False)
 
 
 def test_bond0_under_br0_on_vm_nodes(vm_lab):
@@ -171,7 +316,7 @@ def test_unreachable_nfs_server_fails_in_bounded_time(vm_lab):
     # Let go of the share cleanly first: a hard mount of a vanished server blocks readers.
     vm_lab.ssh("kvm02", "virsh pool-destroy secondary; umount /mnt/secondary; "
                         "findmnt /mnt/secondary || true", check=False)
-    taps = ["t-kvm01-0", "t-kvm01-1"]  # both legs of kvm01's bond
+    taps = ["t-kvm01-0", "t-kvm01-1", "t-kvm01-s"]  # kvm01's bond and storage NIC
     for tap in taps:
         net.nsexec(net.SWITCH, "ip", "link", "set", tap, "down")
     try:
@@ -182,7 +327,7 @@ def test_unreachable_nfs_server_fails_in_bounded_time(vm_lab):
     res = results["kvm02"]
     mounted = res[next(k for k in res if "secondary-mounted" in k)]
     assert mounted["result"] is False
-    assert "NFS server kvm01 (172.30.10.41) is unreachable" in mounted["comment"]
+    assert "NFS server kvm01 (172.30.20.41) is unreachable" in mounted["comment"]
     assert mounted["duration"] / 1000 <= 60, mounted["duration"]
     # What does not need the share still ran and holds.
     for sid in ("kvmcluster-libvirt-service-running", "kvmcluster-storage-primary-pool-present"):
@@ -193,14 +338,17 @@ def test_unreachable_nfs_server_fails_in_bounded_time(vm_lab):
 
 
 GUESTS_PY = r"""
-import json, os, subprocess, time, libvirt
+import json, os, pwd, subprocess, time, libvirt
 c = libvirt.open("qemu:///system")
+qemu = pwd.getpwnam("libvirt-qemu")
+perms = (f"<permissions><owner>{qemu.pw_uid}</owner><group>{qemu.pw_gid}</group>"
+         "<mode>0600</mode></permissions>")  # as the formula makes volumes
 out = {}
 for pool_name in ("default", "secondary"):
     name = f"aa-{pool_name}"
     pool = c.storagePoolLookupByName(pool_name)
     vol = pool.createXML(f"<volume><name>{name}.qcow2</name><capacity unit='MiB'>16</capacity>"
-                         "<target><format type='qcow2'/></target></volume>", 0)
+                         f"<target><format type='qcow2'/>{perms}</target></volume>", 0)
     dom = c.defineXML(f'''<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>
       <vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os>
       <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>

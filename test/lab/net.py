@@ -19,14 +19,15 @@ GATEWAY6 = "fd00:30:10::1"
 MGMT_IP6 = "fd00:30:10::11"
 
 
-# A second network apart from the guests' (the site's migration network): a bridge of its
-# own on the switch, a second NIC (eth1) on the container nodes that ask for it.
+# A second network apart from the guests' (the site's migration or storage network): a
+# bridge of its own on the switch, a second NIC (eth1) on the container nodes that ask for
+# it, a third (eth2, unconfigured until a test says so) on every VM node.
 MIGRATION_BRIDGE = "labmig"
 MIGRATION_SUBNET = "172.30.20.0/24"
 
 
 def migration_ip_of(ip4):
-    """The node's address on the lab's migration network: its host number there."""
+    """The node's address on the lab's second network: its host number there."""
     return f"172.30.20.{ip4.rsplit('.', 1)[1]}"
 
 
@@ -92,12 +93,13 @@ def plug_migration(ns, tag):
     plug(ns, tag, "eth1", MIGRATION_BRIDGE, "m-")
 
 
-def tap(tag):
-    """A tap on the lab bridge, for a qemu running in the switch namespace."""
+def tap(tag, bridge=BRIDGE):
+    """A tap on a bridge of the switch (the lab bridge by default), for a qemu running in
+    the switch namespace."""
     name = f"t-{tag}"[:15]
     nsexec(SWITCH, "ip", "link", "del", name, check=False, capture=True)
     nsexec(SWITCH, "ip", "tuntap", "add", "dev", name, "mode", "tap")
-    nsexec(SWITCH, "ip", "link", "set", name, "master", BRIDGE, "up")
+    nsexec(SWITCH, "ip", "link", "set", name, "master", bridge, "up")
     return name
 
 

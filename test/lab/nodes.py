@@ -123,7 +123,13 @@ def prepare_vm(node):
         run(["mkfs.ext4", "-q", "-F", "-L", "data01", data])
     (d / "machine-id").exists() or (d / "machine-id").write_text(secrets.token_hex(16))
     taps = [net.tap(f"{node.name}-{i}") for i in range(len(node.macs))]
+    taps.append(net.tap(f"{node.name}-s", bridge=net.MIGRATION_BRIDGE))
     return taps
+
+
+def side_mac(node):
+    """The MAC of a VM node's NIC on the second network (eth2)."""
+    return node.macs[0][:-2] + "10"
 
 
 def vm_argv(node):
@@ -146,6 +152,9 @@ def vm_argv(node):
     for i, mac in enumerate(node.macs):
         argv += ["-netdev", f"tap,id=n{i},ifname=t-{node.name}-{i},script=no,downscript=no",
                  "-device", f"virtio-net-pci,netdev=n{i},mac={mac}"]
+    # The last NIC (eth2): on the lab's second network, for a storage or migration network.
+    argv += ["-netdev", f"tap,id=side,ifname=t-{node.name}-s,script=no,downscript=no",
+             "-device", f"virtio-net-pci,netdev=side,mac={side_mac(node)}"]
     return argv
 
 

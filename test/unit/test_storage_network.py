@@ -69,7 +69,7 @@ def test_a_client_mounts_the_servers_storage_address(tmp_path):
     view = model.node_view(built, "kvm02")
     fstab = str(tmp_path / "fstab")
     want = "172.30.30.41:/data01/secondary /mnt/secondary nfs " \
-           "vers=4.2,hard,timeo=600,retrans=2,_netdev 0 0"
+           "vers=4.2,hard,timeo=600,retrans=2,_netdev,nosuid,nodev,noexec 0 0"
     nfs, calls = _nfs_state(view, local={"172.30.30.42"}, test=True)
     predicted = nfs.mounted("m", fstab=fstab)
     nfs, calls = _nfs_state(view, local={"172.30.30.42"},

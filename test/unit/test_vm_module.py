@@ -215,3 +215,19 @@ def test_answers_is_an_echo_or_a_live_neighbour_with_the_vms_mac(vmmod, monkeypa
     monkeypatch.setattr(subprocess, "run", run)
     assert vmmod.answers("192.0.2.10", mac) == want
     assert seen == (["ping"] if ping_rc == 0 else ["ping", "ip"])
+
+
+@pytest.mark.parametrize("kind", ["empty", "full", "linked"])
+def test_every_volume_made_names_the_qemu_account_as_owner(vmmod, kind):
+    """On a root-squashed share libvirt makes a volume as the QEMU account only when the
+    definition names it (it fails to give the squashed root's file to root otherwise)."""
+    vmmod.__utils__["kvmcluster_volume.owner"] = lambda: (64055, 64056)
+    gold = vmmod.golden(IMAGE, "default-pool", uri=URI)
+    source = None if kind == "empty" else gold
+    vol = vmmod.create_volume("default-pool", f"{kind}.qcow2", 1, source=source,
+                              linked=kind == "linked", uri=URI)
+    got = ET.fromstring(vmmod.conn.storageVolLookupByPath(vol["path"]).XMLDesc(0))
+    perms = got.find("target/permissions")
+    assert perms is not None, ET.tostring(got, encoding="unicode")
+    assert (perms.findtext("owner"), perms.findtext("group"), perms.findtext("mode")) == (
+        "64055", "64056", "0600")
