@@ -233,6 +233,15 @@ def exported(name, exports_file, service):
     note = ""
     if owner is not None:
         count, names = _not_owned(path, owner[0])
+        if count and any("no_root_squash" in o for o in live.values()):
+            # Squashing now would close a running cluster's disks to its clients: the
+            # operator decides (chown them, or keep no_root_squash), not an upgrade.
+            ret.update(result=False, comment=(
+                f"{path} is exported with no_root_squash and {count} file(s) there are not "
+                f"uid {owner[0]}'s ({', '.join(names)}): squashing root would close them to "
+                f"the clients. chown them to the QEMU account (uid {owner[0]}) first, or set "
+                "kvmcluster:storage:secondary:export_options with no_root_squash"))
+            return ret
         if count:
             # Not a change the state makes: the files are the site's (see docs/security.rst).
             note = (f"; {count} file(s) there are not uid {owner[0]}'s ({', '.join(names)}): "

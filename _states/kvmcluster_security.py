@@ -131,9 +131,16 @@ def _fcontext_rules():
     return rules
 
 
+def _labelled_here(path):
+    """Whether files under ``path`` carry their own labels: not on an NFS mount (without
+    labelled NFS every file there is nfs_t, which virt_use_nfs opens to the guests)."""
+    mount = __salt__["kvmcluster_nfs.mount_of"](path)
+    return not (mount and str(mount.get("fstype", "")).startswith("nfs"))
+
+
 def _relabel_needed(path):
     """Paths under ``path`` whose label differs from policy (``restorecon -n -v``)."""
-    if not os.path.exists(path):
+    if not os.path.exists(path) or not _labelled_here(path):
         return []
     out = _run("restorecon", "-R", "-n", "-v", path)["stdout"]
     return [ln.split()[1] for ln in out.splitlines() if ln.startswith("Would relabel")
@@ -197,7 +204,7 @@ def selinux_contexts(name, packages=()):
                     raise _skeleton().Refused(
                         f"semanage fcontext {spec}: {res['stderr'].strip()}")
         for p in paths:
-            if os.path.exists(p):
+            if os.path.exists(p) and _labelled_here(p):
                 _run("restorecon", "-R", p)
         if "virt_use_nfs" in changes:
             res = _run("setsebool", "-P", "virt_use_nfs", "1")

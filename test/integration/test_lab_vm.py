@@ -16,7 +16,8 @@ from labtest import Lab, record_timing, show
 @pytest.fixture(scope="module")
 def vm_lab(lab):  # noqa: ARG001  (after the container lab's tests)
     control.down()
-    state = control.up(containers=0, vms=2)
+    # kvm02 boots with SELinux enforcing (Debian's refpolicy), kvm01 with AppArmor.
+    state = control.up(containers=0, vms=2, selinux=("kvm02",))
     vms = Lab(state)
     pillar = json.loads(json.dumps(vms.pillar))
     pillar["kvmcluster"]["storage"]["secondary"] = {"enabled": True, "server": "kvm01"}
@@ -281,7 +282,7 @@ def test_a_guest_cannot_mount_the_share_and_a_planted_link_is_left_alone(share_u
             after = lab.ssh(node, "stat -c '%u:%g:%a' /root/victim; cat /root/victim").split()
             assert after == ["0:0:600", victim], (node, after)
         left = lab.ssh("kvm01", "find /data01/secondary -maxdepth 1 -name '.kvmcluster-probe*' "
-                                "-printf '%y %f\\n' | sort").split("\n")
+                                "-printf '%y %f\\n' | sort").strip().split("\n")
         assert left == ["l .kvmcluster-probe", "l .kvmcluster-probe-kvm01",
                         "l .kvmcluster-probe-kvm02"], left
         show("links planted on the share, after salt-run kvmcluster.status",
@@ -359,7 +360,12 @@ for pool_name in ("default", "secondary"):
     pid = int(open(f"/run/libvirt/qemu/{name}.pid").read())
     label = open(f"/proc/{pid}/attr/current").read().strip()
     fds = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    try:
+        file_label = os.getxattr(vol.path(), "security.selinux").decode().rstrip("\0")
+    except OSError:
+        file_label = None
     out[pool_name] = {"active": dom.isActive(), "path": vol.path(), "label": label,
+                      "file_label": file_label,
                       "disk_open": vol.path() in fds,
                       "seclabel": dom.XMLDesc(0).split("<seclabel")[1].split(">")[0]}
     dom.destroy(); dom.undefine(); vol.delete(0)
@@ -369,8 +375,9 @@ print(json.dumps(out))
 
 def test_apparmor_guests_start_without_a_global_rule(vm_lab):
     """AppArmor active, no pool-wide rule (the default): libvirt's per-guest profile lets a
-    guest open its own disk in the primary pool and in the NFS-backed secondary pool."""
-    node = "kvm02"
+    guest open its own disk in the primary pool and in the secondary pool (on kvm01, the
+    NFS server: its export, bind-mounted)."""
+    node = "kvm01"
     assert vm_lab.ssh(node, "cat /sys/module/apparmor/parameters/enabled").strip() == "Y"
     abstraction = vm_lab.ssh(node, "cat /etc/apparmor.d/local/abstractions/libvirt-qemu "
                                    "2>/dev/null || true")
@@ -380,8 +387,44 @@ def test_apparmor_guests_start_without_a_global_rule(vm_lab):
         assert g["active"] == 1 and g["disk_open"], (pool_name, g)
         assert g["label"].startswith("libvirt-") and g["label"].endswith("(enforce)"), g
         assert "apparmor" in g["seclabel"], g
-    show("AppArmor guests on kvm02 (no pool-wide rule)",
+    show("AppArmor guests on kvm01 (no pool-wide rule)",
          "\n".join(f"{p}: active={g['active']} disk={g['path']} label={g['label']}"
                    for p, g in sorted(got.items())))
     assert got["secondary"]["path"].startswith("/mnt/secondary/")
     assert got["default"]["path"].startswith("/data01/primary/")
+
+
+def denials(vm_lab, node):
+    """SELinux denials since boot: the audit log's and the kernel's."""
+    return vm_lab.ssh(node, "ausearch -m AVC,USER_AVC,SELINUX_ERR -ts boot 2>/dev/null | "
+                            "grep -v '^<no matches>' ; journalctl -k -b --no-pager -q | "
+                            "grep -E 'avc: +denied' ; true").strip()
+
+
+def test_selinux_guests_start_from_both_pools_without_denials(vm_lab):
+    """SELinux enforcing with Debian's reference policy on kvm02 (an NFS client): after the
+    formula's apply (pool paths virt_image_t, virt_use_nfs on), guests start from the
+    primary pool and the NFS-backed secondary pool confined as svirt_t with their own
+    categories, and nothing is denied."""
+    node = "kvm02"
+    assert vm_lab.ssh(node, "getenforce").strip() == "Enforcing"
+    assert vm_lab.ssh(node, "cat /sys/module/apparmor/parameters/enabled 2>/dev/null; true"
+                      ).strip() in ("", "N")
+    labels = vm_lab.ssh(node, "ls -dZ /data01/primary; getsebool virt_use_nfs; "
+                              "semanage fcontext -l -C | grep -c virt_image_t")
+    assert "virt_image_t" in labels.splitlines()[0], labels
+    assert labels.splitlines()[1].strip() == "virt_use_nfs --> on", labels
+    got = json.loads(vm_lab.ssh(node, "python3 -", input=GUESTS_PY, timeout=300))
+    for pool_name, g in got.items():
+        assert g["active"] == 1 and g["disk_open"], (pool_name, g)
+        assert g["label"].startswith("system_u:system_r:svirt_t:s0:c"), g
+        assert "selinux" in g["seclabel"], g
+    cats = {g["label"].rsplit(":", 1)[1] for g in got.values()}
+    assert len(cats) == 2, cats  # each guest its own categories
+    assert "svirt_image_t" in (got["default"]["file_label"] or ""), got["default"]
+    found = denials(vm_lab, node)
+    show("SELinux guests on kvm02 (enforcing, Debian refpolicy)",
+         "\n".join(f"{p}: active={g['active']} disk={g['path']} process={g['label']} "
+                   f"file={g['file_label']}" for p, g in sorted(got.items()))
+         + "\n" + labels + "\ndenials since boot: " + (found or "none"))
+    assert not found, found

@@ -76,7 +76,7 @@ def wait_port(ip, port, deadline):
 # ---- up -----------------------------------------------------------------------------
 
 def up(containers=3, vms=0, timeout=None, with_master=False, backends=(), management=0,
-       migration_net=False):
+       migration_net=False, selinux=()):
     t0 = time.monotonic()
     state = load_state()
     if state and same_process(state.get("supervisor")):
@@ -87,7 +87,7 @@ def up(containers=3, vms=0, timeout=None, with_master=False, backends=(), manage
         down()
     image.build()
     image.lab_files(image.rootfs())
-    rack = spec.make(containers, vms, backends, management)
+    rack = spec.make(containers, vms, backends, management, selinux)
     say(f"network: lab bridge {net.BRIDGE} in namespace {net.SWITCH}, subnet {net.SUBNET}")
     net.create_switch()
     # The shared storage every container node sees at the same path, fresh for each lab:

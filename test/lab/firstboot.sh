@@ -25,4 +25,8 @@ ssh-keygen -A
 mkdir -p /data01
 echo 'LABEL=data01 /data01 ext4 defaults 0 2' >> /etc/fstab
 mount /data01
+# Under SELinux, what this script made gets the policy's labels (as a site's relabel would).
+if command -v selinuxenabled >/dev/null && selinuxenabled; then
+  restorecon -R /etc /data01 /root
+fi
 touch /etc/lab-configured

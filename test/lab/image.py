@@ -54,6 +54,14 @@ VM_PREINSTALLED = [
     "ifenslave", "firewalld", "apparmor", "iptables", "python3-cryptography",
 ]
 
+# A VM node with SELinux enforcing: Debian's reference policy, its tools (what the formula's
+# SELinux state uses: semanage, restorecon, setsebool) and the audit daemon for the denials.
+# From Debian's mirror when that node's disk is made, not in the lab repository.
+SELINUX_PACKAGES = [
+    "selinux-policy-default", "selinux-basics", "selinux-utils", "policycoreutils",
+    "policycoreutils-python-utils", "auditd",
+]
+
 # Python packages the lab serves (pip --find-links) for minions with their own Python.
 PYTHON_SDISTS = ["libvirt-python==9.0.0", "setuptools", "wheel"]
 
@@ -196,8 +204,9 @@ def _configure(root, key):
     lab_files(root)
 
 
-def vm_tree(dest):
-    """A copy of the rootfs with VM_PREINSTALLED installed from the lab repository."""
+def vm_tree(dest, selinux=False):
+    """A copy of the rootfs with VM_PREINSTALLED installed from the lab repository (and with
+    ``selinux``, SELINUX_PACKAGES from Debian's mirror, enforcing, every file labelled)."""
     if dest.exists():
         shutil.rmtree(dest)
     run(["cp", "-a", rootfs(), dest])
@@ -216,7 +225,19 @@ def vm_tree(dest):
             _chroot(dest, "apt-get", "update", "-qq")
             _chroot(dest, "apt-get", "install", "-y", "-qq", "--no-install-recommends",
                     *VM_PREINSTALLED)
+            if selinux:
+                sources.write_text(f"deb {MIRROR} {SUITE} main\n")
+                _chroot(dest, "apt-get", "update", "-qq")
+                _chroot(dest, "apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                        *SELINUX_PACKAGES)
             _chroot(dest, "apt-get", "clean")
+            if selinux:
+                (dest / "etc/selinux/config").write_text(
+                    "SELINUX=enforcing\nSELINUXTYPE=default\n")
+                # Labels as Debian's selinux-activate would have them after its relabel.
+                _chroot(dest, "setfiles", "-F", "-e", "/proc", "-e", "/dev", "-e", "/sys",
+                        "-e", "/mnt/lab-repo", "/etc/selinux/default/contexts/files/file_contexts",
+                        "/")
     finally:
         run(["umount", "-l", mnt], check=False)
     policy.unlink()

@@ -93,15 +93,20 @@ def container_env():
 
 # ---- VMs ----------------------------------------------------------------------------
 
-def base_disk():
-    """A raw ext4 image of the rootfs, made once per image."""
-    key = hashlib.sha256(json.dumps([image.lab_files_key(), image.VM_PREINSTALLED])
-                         .encode()).hexdigest()[:8]
-    disk = image.image_dir() / f"vm-root-{key}.img"
+def base_disk(selinux=False):
+    """A raw ext4 image of the rootfs, made once per image (and per MAC system: the SELinux
+    variant has Debian's refpolicy and its files labelled)."""
+    parts = [image.lab_files_key(), image.VM_PREINSTALLED]
+    if selinux:
+        parts.append(image.SELINUX_PACKAGES)
+    key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:8]
+    kind = "vm-root-selinux" if selinux else "vm-root"
+    disk = image.image_dir() / f"{kind}-{key}.img"
     if not disk.exists():
-        for old in image.image_dir().glob("vm-root*.img"):
-            old.unlink()
-        tree = image.vm_tree(image.image_dir() / "vm-rootfs")
+        for old in image.image_dir().glob(f"{kind}-*.img"):
+            if old.name.startswith("vm-root-selinux") == selinux:
+                old.unlink()
+        tree = image.vm_tree(image.image_dir() / f"{kind}fs", selinux=selinux)
         tmp = disk.with_suffix(".tmp")
         try:
             run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", tree, tmp, "8G"])
@@ -116,7 +121,8 @@ def prepare_vm(node):
     d.mkdir(parents=True, exist_ok=True)
     disk = d / "root.qcow2"
     if not disk.exists():
-        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base_disk(), disk])
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
+             base_disk(node.selinux), disk])
     data = d / "data01.img"
     if not data.exists():
         run(["truncate", "-s", DATA_SIZE, data])
@@ -139,6 +145,8 @@ def vm_argv(node):
         "root=/dev/vda", "rw", "console=ttyS0", "net.ifnames=0", "quiet",
         f"lab.hostname={node.name}", f"lab.ip={node.ip}/{net.PREFIXLEN}", f"lab.gw={net.GATEWAY}",
         f"lab.dns={net.MGMT_IP}", f"lab.machine_id={(d / 'machine-id').read_text().strip()}",
+        # Debian's kernel has SELinux built in; AppArmor is its default.
+        *(["security=selinux", "selinux=1", "enforcing=1"] if node.selinux else []),
     ])
     argv = [
         "ip", "netns", "exec", net.SWITCH,

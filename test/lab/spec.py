@@ -15,6 +15,7 @@ class Node:
     macs: list = field(default_factory=list)
     backend: str = "ifupdown"  # what configures eth0 when the node boots
     roles: list = field(default_factory=list)  # pillar roles (management nodes)
+    selinux: bool = False  # a VM node booted with SELinux enforcing (Debian's refpolicy)
 
     def to_dict(self):
         return asdict(self)
@@ -24,7 +25,7 @@ def _mac(index, nic):
     return f"52:54:00:30:{index:02x}:{nic:02x}"
 
 
-def make(containers=3, vms=0, backends=(), management=0):
+def make(containers=3, vms=0, backends=(), management=0, selinux=()):
     nodes = []
     base = net.SUBNET.rsplit(".", 1)[0]
     for i in range(management):
@@ -36,9 +37,11 @@ def make(containers=3, vms=0, backends=(), management=0):
         kind = "container" if i < containers else "vm"
         nics = 1 if kind == "container" else 2
         base = net.SUBNET.rsplit(".", 1)[0]
-        nodes.append(Node(name=f"kvm{i + 1:02d}", kind=kind, ip=f"{base}.{FIRST_HOST + i}",
+        name = f"kvm{i + 1:02d}"
+        nodes.append(Node(name=name, kind=kind, ip=f"{base}.{FIRST_HOST + i}",
                           macs=[_mac(i + 1, n) for n in range(nics)],
-                          backend=backends[i] if i < len(backends) else "ifupdown"))
+                          backend=backends[i] if i < len(backends) else "ifupdown",
+                          selinux=kind == "vm" and name in selinux))
     return nodes
 
 

@@ -363,6 +363,33 @@ MUTS.update({
         "_states/kvmcluster_nfs.py", "test/unit/test_storage_network.py",
         "    if view.get(\"networks\", {}).get(\"storage\") and sip and",
         "    if False and sip and"),
+    "root not squashed by default": (
+        "kvmcluster/parameters/defaults.yaml", "test/unit/test_nfs_squash.py",
+        "export_options: [rw, sync, no_subtree_check, root_squash]",
+        "export_options: [rw, sync, no_subtree_check, no_root_squash]"),
+    "squashed root becomes nobody, not the QEMU account": (
+        "_states/kvmcluster_nfs.py", "test/unit/test_nfs_squash.py",
+        "            out.append(f\"{key}={account[field]}\")", "            pass"),
+    "the export directory left to root": (
+        "_states/kvmcluster_nfs.py", "test/unit/test_nfs_squash.py",
+        "        os.fchown(fd, uid, gid)\n", "        pass\n"),
+    "the export directory through a link": (
+        "_states/kvmcluster_nfs.py", "test/unit/test_nfs_squash.py",
+        "    if not os.path.isdir(path) or os.path.islink(path):", "    if False:"),
+    "a live share squashed over root's disks": (
+        "_states/kvmcluster_nfs.py", "test/unit/test_nfs_squash.py",
+        "        if count and any(\"no_root_squash\" in o for o in live.values()):",
+        "        if False:"),
+    "volumes made without the QEMU account as owner": (
+        "_modules/kvmcluster_vm.py", "test/unit/test_vm_module.py",
+        "        owner=owner)", "        owner=None)"),
+    "an NFS share relabelled on every run": (
+        "_states/kvmcluster_security.py", HARDENING,
+        "    return not (mount and str(mount.get(\"fstype\", \"\")).startswith(\"nfs\"))",
+        "    return True"),
+    "the share mounted with set-id programs allowed": (
+        "kvmcluster/parameters/defaults.yaml", "test/unit/test_storage_network.py",
+        "_netdev, nosuid, nodev, noexec]", "_netdev]"),
 })
 # Arguments: run only the mutants whose names contain one of them.
 if sys.argv[1:]:

@@ -173,9 +173,16 @@ RESTORECON_DIFF = ("Would relabel /data01/primary/vm1.qcow2 from "
 
 
 class SELinuxHost:
-    def __init__(self, rules="", labels_differ=False, nfs_bool="off", have_tools=True):
+    def __init__(self, rules="", labels_differ=False, nfs_bool="off", have_tools=True,
+                 nfs_mounts=("/mnt/secondary",), unlabelled=("/mnt/secondary",)):
         self.rules, self.labels_differ, self.nfs_bool = rules, labels_differ, nfs_bool
-        self.have_tools, self.ran = have_tools, []
+        self.have_tools, self.ran, self.nfs_mounts = have_tools, [], nfs_mounts
+        # Paths whose files restorecon would relabel (on NFS: always, it has no labels).
+        self.unlabelled = list(unlabelled)
+
+    def mount_of(self, path):
+        return {"source": "172.30.10.41:/data01/secondary", "fstype": "nfs4",
+                "options": ["rw"]} if path in self.nfs_mounts else None
 
     def run_all(self, argv, **_kw):
         self.ran.append(argv)
@@ -185,9 +192,12 @@ class SELinuxHost:
         elif argv[:2] == ["semanage", "fcontext"]:
             self.rules += f"{argv[-1]}   all files   system_u:object_r:virt_image_t:s0\n"
         elif argv[0] == "restorecon" and "-n" in argv:
-            out = RESTORECON_DIFF if self.labels_differ and "primary" in argv[-1] else ""
+            out = RESTORECON_DIFF if (self.labels_differ and "primary" in argv[-1]) or \
+                argv[-1] in self.unlabelled else ""
         elif argv[0] == "restorecon":
             self.labels_differ = False
+            if argv[-1] not in self.nfs_mounts and argv[-1] in self.unlabelled:
+                self.unlabelled.remove(argv[-1])
         elif argv[0] == "getsebool":
             out = f"virt_use_nfs --> {self.nfs_bool}\n"
         elif argv[0] == "setsebool":
@@ -206,6 +216,7 @@ class SELinuxHost:
             tools.update({p: "3.5-1.el9" for p in pkgs})
 
         return {"kvmcluster_model.current": lambda: v, "cmd.run_all": self.run_all,
+                "kvmcluster_nfs.mount_of": self.mount_of,
                 "pkg.version": version, "pkg.install": install,
                 "pkg.latest_version": lambda *n, refresh=True: "3.5-1.el9"}
 
@@ -243,6 +254,24 @@ def test_selinux_relabels_when_labels_differ_even_with_the_rule_present(monkeypa
                                                          "new": "virt_image_t"}}
     assert ["restorecon", "-R", "/data01/primary"] in host.ran
     assert run_se(host, v, False, monkeypatch, tmp_path)["changes"] == {}
+
+
+def test_selinux_leaves_an_nfs_mounted_share_unlabelled_and_converges(monkeypatch, tmp_path):
+    """On a client the share is NFS: its files are nfs_t whatever restorecon says, so the
+    state neither relabels there nor reports it (virt_use_nfs opens it), and a second run
+    changes nothing."""
+    v = view("kvm02")
+    both = FCONTEXT_LIST + ("/mnt/secondary(/.*)?                               all files"
+                            "          system_u:object_r:virt_image_t:s0\n")
+    host = SELinuxHost(rules=both, nfs_bool="on")
+    ret = run_se(host, v, False, monkeypatch, tmp_path)
+    assert ret["result"] is True and ret["changes"] == {}, ret
+    assert not any(a[0] == "restorecon" and "/mnt/secondary" in a for a in host.ran)
+    # Where the share is not NFS (the server's bind mount of its export) it is relabelled.
+    server = SELinuxHost(rules=both, nfs_bool="on", nfs_mounts=())
+    ret = run_se(server, v, False, monkeypatch, tmp_path)
+    assert ret["changes"] == {"labels:/mnt/secondary": {"old": "differ from policy",
+                                                        "new": "virt_image_t"}}
 
 
 def test_selinux_compliant_host_is_left_alone(monkeypatch, tmp_path):

@@ -152,3 +152,25 @@ def test_export_options_that_contradict_or_name_no_number_are_refused(options, e
     assert built is None
     assert f"[cluster] kvmcluster:storage:secondary:export_options: {expect}" in \
         [str(e) for e in errors]
+
+
+def test_a_live_no_root_squash_export_with_roots_files_is_not_squashed_in_silence(tmp_path):
+    """An upgrade from the old default (no_root_squash): the share holds root's disks; the
+    state refuses to squash (the clients could no longer open them) and says what to do."""
+    export = tmp_path / "secondary"
+    export.mkdir(mode=0o755)
+    (export / "web1.qcow2").write_text("x")
+    v = view(str(export))
+    server = Server(tmp_path)
+    server.etab = {"172.30.10.41": ["rw", "sync", "no_root_squash"]}
+    for test in (True, False):
+        ret = server.run(v, test=test)
+        assert ret["result"] is False and ret["changes"] == {} and server.calls == []
+        assert ret["comment"] == (
+            f"{export} is exported with no_root_squash and 1 file(s) there are not uid "
+            "64055's (web1.qcow2): squashing root would close them to the clients. chown them "
+            "to the QEMU account (uid 64055) first, or set "
+            "kvmcluster:storage:secondary:export_options with no_root_squash")
+    os.chown(export / "web1.qcow2", 64055, 64056)
+    real = server.run(v)
+    assert real["result"] is True, real
