@@ -388,7 +388,7 @@ MUTS.update({
         "    return not (mount and str(mount.get(\"fstype\", \"\")).startswith(\"nfs\"))",
         "    return True"),
     "the share mounted with set-id programs allowed": (
-        "kvmcluster/parameters/defaults.yaml", "test/unit/test_storage_network.py",
+        "kvmcluster/parameters/defaults.yaml", "test/unit/test_nfs_squash.py",
         "_netdev, nosuid, nodev, noexec]", "_netdev]"),
 })
 # Arguments: run only the mutants whose names contain one of them.

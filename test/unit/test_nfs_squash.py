@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from kvmtestlib import SEED_PILLAR, edit_pillar, formula_values, load_module, utils_dunder
+from kvmtestlib import DELETE, SEED_PILLAR, edit_pillar, formula_values, load_module, \
+    utils_dunder
 
 model = load_module("_modules", "kvmcluster_model")
 nfs_mod = load_module("_modules", "kvmcluster_nfs")
@@ -16,9 +17,9 @@ CLIENTS = "172.30.10.41(rw,sync,no_subtree_check,root_squash,anonuid=64055,anong
 
 
 def view(export_path, options=None):
-    changes = {"storage:secondary:export_path": export_path}
-    if options is not None:
-        changes["storage:secondary:export_options"] = options
+    # The formula's defaults unless a test names the options.
+    changes = {"storage:secondary:export_path": export_path,
+               "storage:secondary:export_options": DELETE if options is None else options}
     built, errors = model.build(edit_pillar(SEED_PILLAR["kvmcluster"], changes),
                                 formula_values()["cluster"])
     assert not errors, errors
@@ -174,3 +175,11 @@ def test_a_live_no_root_squash_export_with_roots_files_is_not_squashed_in_silenc
     os.chown(export / "web1.qcow2", 64055, 64056)
     real = server.run(v)
     assert real["result"] is True, real
+
+
+def test_the_default_mount_runs_nothing_from_the_share():
+    built, errors = model.build(edit_pillar(SEED_PILLAR["kvmcluster"], {
+        "storage:secondary:mount_options": DELETE}), formula_values()["cluster"])
+    assert not errors, errors
+    opts = built["storage"]["secondary"]["mount_options"]
+    assert {"nosuid", "nodev", "noexec"} <= set(opts), opts
