@@ -512,10 +512,10 @@ def libvirt_network(name, bridge, define=False):
         salt-call kvmcluster_network.libvirt_network host-bridge br0 define=True
     """
     try:
-        import libvirt  # pylint: disable=import-outside-toplevel
-    except ImportError:
+        libvirt = __utils__["kvmcluster_virt.binding"]()
+    except CommandExecutionError:
         if define:
-            raise CommandExecutionError("python3-libvirt is not installed") from None
+            raise
         return {"exists": False, "binding": False}
     from xml.etree import ElementTree  # pylint: disable=import-outside-toplevel
 

@@ -156,7 +156,7 @@ def ensure(name, path, pool_type="dir", source=None, uri=DEFAULT_URI):
                 steps.append("defined")
             pool = conn.storagePoolLookupByName(name)
             if pool_type == "dir" and not os.path.isdir(path):
-                pool.build(0)
+                _make_dir(path)
                 steps.append("built")
             if not pool.isActive():
                 pool.create(0)
@@ -170,6 +170,18 @@ def ensure(name, path, pool_type="dir", source=None, uri=DEFAULT_URI):
     finally:
         conn.close()
     return steps
+
+
+def _make_dir(path):
+    """The pool's directory, made by root (mode 0711, as libvirt makes it) and, under
+    SELinux, labelled as the policy says before libvirtd opens it: libvirtd itself may not
+    create a directory under a parent of no type of its own (e.g. default_t)."""
+    os.makedirs(path, mode=0o711, exist_ok=True)
+    if os.path.exists("/sys/fs/selinux/enforce"):
+        res = __salt__["cmd.run_all"](["restorecon", "-R", path], python_shell=False,
+                                      ignore_retcode=True)
+        if res["retcode"] != 0:
+            raise CommandExecutionError(f"restorecon {path}: {res['stderr'].strip()}")
 
 
 def refresh(name, uri=DEFAULT_URI):

@@ -1,7 +1,6 @@
 # -*- coding: utf-8 -*-
 # vim: ft=sls
-# QEMU and the pool paths under AppArmor or SELinux, wherever either is active. After the
-# pools exist, so that the directories they create carry the right labels in the first run.
+# QEMU and the pool paths under AppArmor or SELinux, wherever either is active.
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- from tplroot ~ "/map.jinja" import mapdata with context %}
 include:
@@ -15,10 +14,15 @@ kvmcluster-libvirt-apparmor-managed:
     - require:
       - kvmcluster_packages: kvmcluster-prereqs-pkgs-installed
 
+# After the share is mounted (the server's bind mount is relabelled, a client's NFS mount
+# is not) and before the pools: their fcontext rules exist when the pool state makes a
+# directory (and labels it), so libvirtd opens it as virt_image_t from the first run.
 kvmcluster-libvirt-selinux-managed:
   kvmcluster_security.selinux_contexts:
     - packages: {{ mapdata.pkgs.selinux | json }}
     - require:
       - kvmcluster_packages: kvmcluster-prereqs-pkgs-installed
+      - kvmcluster_nfs: kvmcluster-nfs-secondary-mounted
+    - require_in:
       - kvmcluster_pool: kvmcluster-storage-primary-pool-present
       - kvmcluster_pool: kvmcluster-nfs-secondary-pool-present
