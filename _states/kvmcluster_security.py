@@ -147,7 +147,7 @@ def _relabel_needed(path):
             or ln.startswith("Relabeled")]
 
 
-def selinux_contexts(name, packages=()):
+def selinux_contexts(name, packages=(), role=None):
     """
     Where SELinux is enabled: ``packages`` (the OS's package with ``semanage``) installed,
     the pool paths with a virt_image_t fcontext rule, files under them labelled as the
@@ -158,6 +158,9 @@ def selinux_contexts(name, packages=()):
         Any; reported back.
     packages
         map.jinja ``pkgs:selinux``.
+    role
+        ``primary`` or ``secondary``: that pool's path only (the primary's before its pool
+        and apart from the share, the secondary's once the share is mounted); None: both.
     """
     gated = _skeleton().not_a_hypervisor(name, __salt__["kvmcluster_model.current"]())
     if gated:
@@ -169,8 +172,13 @@ def selinux_contexts(name, packages=()):
             name, comment="SELinux is not enabled on this node; nothing to do")
     view = __salt__["kvmcluster_model.current"]()
     paths = _pool_paths(view)
+    if role == "primary":
+        paths = paths[:1]
+    elif role == "secondary":
+        paths = paths[1:]
     sec = view["storage"]["secondary"]
-    want_nfs = bool(sec.get("enabled")) and sec.get("type", "nfs") == "nfs"
+    want_nfs = bool(sec.get("enabled")) and sec.get("type", "nfs") == "nfs" and \
+        role != "primary"
     test = __opts__["test"]
 
     def diff():

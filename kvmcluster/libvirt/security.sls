@@ -14,15 +14,25 @@ kvmcluster-libvirt-apparmor-managed:
     - require:
       - kvmcluster_packages: kvmcluster-prereqs-pkgs-installed
 
-# After the share is mounted (the server's bind mount is relabelled, a client's NFS mount
-# is not) and before the pools: their fcontext rules exist when the pool state makes a
-# directory (and labels it), so libvirtd opens it as virt_image_t from the first run.
+# Each pool's path before its pool: the fcontext rule exists when the pool state makes the
+# directory (and labels it), so libvirtd opens it as virt_image_t from the first run. The
+# share's once it is mounted (the server's bind mount is relabelled, a client's NFS mount
+# is not); the primary's apart from the share, so that it holds when the share does not.
 kvmcluster-libvirt-selinux-managed:
   kvmcluster_security.selinux_contexts:
     - packages: {{ mapdata.pkgs.selinux | json }}
+    - role: primary
     - require:
       - kvmcluster_packages: kvmcluster-prereqs-pkgs-installed
-      - kvmcluster_nfs: kvmcluster-nfs-secondary-mounted
     - require_in:
       - kvmcluster_pool: kvmcluster-storage-primary-pool-present
+
+kvmcluster-libvirt-selinux-share-managed:
+  kvmcluster_security.selinux_contexts:
+    - packages: {{ mapdata.pkgs.selinux | json }}
+    - role: secondary
+    - require:
+      - kvmcluster_security: kvmcluster-libvirt-selinux-managed
+      - kvmcluster_nfs: kvmcluster-nfs-secondary-mounted
+    - require_in:
       - kvmcluster_pool: kvmcluster-nfs-secondary-pool-present

@@ -653,3 +653,21 @@ def test_qemu_conf_is_left_alone_without_migration(conf_files):
     ret = _config(conf_files, v, False)
     assert ret["result"] is True and conf_files["qemu_config"] not in ret["changes"]
     assert open(conf_files["qemu_config"], encoding="utf-8").read() == before
+
+
+def test_selinux_by_pool_role_the_primary_apart_from_the_share(monkeypatch, tmp_path):
+    """One state per pool: the primary's path (before its pool, never waiting on the share)
+    and the share's (after the mount, with virt_use_nfs)."""
+    v = view("kvm02")
+    host = SELinuxHost(nfs_mounts=(), unlabelled=())
+    security.__salt__ = host.salt(v)
+    monkeypatch.setattr(security, "_selinux_mode", lambda: "enforcing")
+    monkeypatch.setattr(security.os.path, "exists", lambda p: True)
+    security.__opts__ = {"test": True}
+    security.__utils__ = UTILS
+    primary = security.selinux_contexts("p", packages=["policycoreutils-python-utils"],
+                                        role="primary")
+    share = security.selinux_contexts("s", packages=["policycoreutils-python-utils"],
+                                      role="secondary")
+    assert sorted(primary["changes"]) == ["fcontext:/data01/primary(/.*)?"]
+    assert sorted(share["changes"]) == ["fcontext:/mnt/secondary(/.*)?", "virt_use_nfs"]
