@@ -132,8 +132,8 @@ MUTS.update({
         *HOSTILE, "    if not isinstance(value, str) or not re.match(r\"^[0-9A-Fa-f.:/]{2,64}\\Z\", value, re.A):",
         "    if not isinstance(value, str):"),
     "export clients wider than the cluster": (
-        *HOSTILE, "        if not any(net.version == s.version and net.subnet_of(s) for s in subnets):",
-        "        if False:"),
+        *HOSTILE, "        elif not any(net.version == s.version and net.subnet_of(s) for s in subnets):",
+        "        elif False:"),
     "export clients may cover guests": (
         *HOSTILE, "        return  # only over values already canonical", "        return"
         "\n    return"),
