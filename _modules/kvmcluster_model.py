@@ -1127,7 +1127,9 @@ def _check_storage(errors, c, nodes, subnets=(), storage_net=None):
     # Where the share is served and mounted from: the server's storage address when the
     # site has a storage network, its own address otherwise.
     field = "ip" if storage_net is None else "storage_ip"
-    server = nodes.get(sec.get("server")) or {}
+    # Only a server the checks above settled on (a hostile value may be any shape).
+    server = nodes.get(sec["server"]) if isinstance(sec.get("server"), str) else None
+    server = server or {}
     sec["address"] = server.get(field)
     if not sec.get("clients"):
         # The nodes that run guests (and the server); a management-only node mounts nothing.
@@ -1215,8 +1217,11 @@ def _check_networks(errors, c, nodes, nets, vms, seen):
                                f"({carries})")
                 continue
             if sip is None:
-                errors.add(name, key, f"is required: {k} is {net}, and {name} uses it for "
-                           f"{carries}")
+                raw = c["nodes"].get(name)
+                if not (isinstance(raw, dict) and raw.get(f"{side}_ip") is not None):
+                    # (one given but invalid has its own error)
+                    errors.add(name, key, f"is required: {k} is {net}, and {name} uses it "
+                               f"for {carries}")
                 continue
             addr = ipaddress.ip_address(sip)
             if addr not in net or (net.prefixlen < net.max_prefixlen - 1 and addr in (

@@ -168,3 +168,13 @@ def test_clients_inside_the_storage_network_are_kept():
     built, errors = build({"storage:secondary:clients": ["172.30.30.40/29"]})
     assert errors == []
     assert built["storage"]["secondary"]["clients"] == ["172.30.30.40/29"]
+
+
+def test_a_hostile_server_or_address_is_reported_once_never_raised():
+    built, errors = build({"storage:secondary:server": ["kvm01"], "nodes:kvm01:roles": DELETE})
+    assert built is None and not any(model.INTERNAL in e for e in errors), errors
+    assert any(e.startswith("[cluster] kvmcluster:storage:secondary:server: ['kvm01'] is not "
+                            "a node") for e in errors), errors
+    built, errors = build({"nodes:kvm02:storage_ip": ["a"]})
+    assert [e for e in errors if "storage_ip" in e] == [
+        "[kvm02] kvmcluster:nodes:kvm02:storage_ip: ['a'] is not an IP address"]
