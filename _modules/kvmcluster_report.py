@@ -16,8 +16,6 @@ import xml.etree.ElementTree as ET
 __virtualname__ = "kvmcluster_report"
 
 PROBE_TIMEOUT = 5
-# The account QEMU runs as: Debian/Ubuntu, then the RHEL family.
-QEMU_USERS = ("libvirt-qemu", "qemu")
 
 
 def __virtual__():
@@ -107,12 +105,9 @@ def bridge(name):
 # ---- storage --------------------------------------------------------------------------
 
 def _qemu_user():
-    for user in QEMU_USERS:
-        try:
-            return pwd.getpwnam(user)
-        except KeyError:
-            continue
-    return None
+    """The QEMU account's password entry (the one kvmcluster_volume finds), None without."""
+    account = __utils__["kvmcluster_volume.qemu_account"]()
+    return pwd.getpwnam(account["name"]) if account else None
 
 
 def share(mountpoint, node=None, fstype_expected=None):
